@@ -1,0 +1,214 @@
+"""Load models and checkpoints safely: torchvision architectures, state_dict files, weight checks.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)`` or safetensors only, so no code
+in an uploaded file ever runs. Every failure is a ModelLoadError whose message names the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ModelLoadError
+
+__all__ = [
+    "LoadedModel",
+    "classification_architectures",
+    "build_model",
+    "read_state_dict",
+    "check_finite",
+    "load_weights",
+    "state_dict_mismatch",
+]
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for pruning, with what identifies it and the input it expects."""
+
+    model: nn.Module
+    arch: str
+    weights: str
+    input_shape: tuple[int, ...]
+    notice: str | None = None
+
+
+def classification_architectures() -> list[str]:
+    """Names of torchvision's image-classification architectures (``resnet18``, ``vit_b_16``, …)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _input_shape(arch: str) -> tuple[int, ...]:
+    # Inception v3 is the one torchvision classifier that needs 299 px inputs.
+    return (1, 3, 299, 299) if arch == "inception_v3" else (1, 3, 224, 224)
+
+
+def build_model(arch: str, weights: str | os.PathLike = "none", *, allow_random_fallback: bool = False) -> LoadedModel:
+    """Build a torchvision classifier (or the bundled ``demo`` model) in eval mode.
+
+    Args:
+        arch: a torchvision classification architecture name, or ``"demo"``.
+        weights: ``"none"`` (random init, seeded 0 for reproducibility), ``"default"``
+            (torchvision's pretrained weights, from the local cache or downloaded), or a path to a
+            state_dict file (.pt, .pth, .safetensors).
+        allow_random_fallback: when default weights cannot be had, return a random-init model
+            with a ``notice`` instead of raising.
+    """
+    if arch == "demo":
+        return _build_demo(weights)
+    import torchvision
+
+    if arch not in classification_architectures():
+        raise ModelLoadError(
+            f"unknown architecture {arch!r}: use a torchvision classification model such as "
+            "resnet18, resnet50, mobilenet_v2 or vit_b_16 (`python -m fpgm_core archs` lists them)"
+        )
+    weights = str(weights)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None)
+    notice = None
+    if weights == "default":
+        try:
+            weight_enum = torchvision.models.get_model_weights(arch).DEFAULT
+            state = weight_enum.get_state_dict(progress=False, check_hash=False)
+            model.load_state_dict(state)
+        except Exception as exc:  # network errors come as URLError, OSError, RuntimeError…
+            message = (
+                f"pretrained weights for {arch} could not be loaded (not in the local torch hub cache "
+                f"and the download failed: {type(exc).__name__}: {str(exc)[:160]})"
+            )
+            if not allow_random_fallback:
+                raise ModelLoadError(message + "; use --weights none or a local state_dict file") from exc
+            notice = message + "; using random initialisation instead"
+    elif weights != "none":
+        load_weights(model, read_state_dict(weights))
+    return LoadedModel(model.eval(), arch, weights if weights in ("none", "default") else Path(weights).name, _input_shape(arch), notice)
+
+
+def _build_demo(weights: str | os.PathLike) -> LoadedModel:
+    from . import demo
+
+    model = demo.DemoNet()
+    weights = str(weights)
+    if weights in ("default", "demo"):
+        model = demo.load_demo_model()
+    elif weights != "none":
+        load_weights(model, read_state_dict(weights))
+    name = weights if weights in ("none", "default", "demo") else Path(weights).name
+    return LoadedModel(model.eval(), "demo", "default" if name == "demo" else name, tuple(demo.DEMO_INPUT_SHAPE))
+
+
+def read_state_dict(source: str | os.PathLike | bytes, filename: str | None = None) -> dict[str, Tensor]:
+    """Read a state_dict from a file path or uploaded bytes without running any code in it.
+
+    ``filename`` names the upload (its suffix picks the format). Wrapped checkpoints
+    (``{"state_dict": …}``, ``{"model": …}``) and DataParallel ``module.`` prefixes are unwrapped.
+    Raises ModelLoadError for a missing, empty, truncated, non-checkpoint or code-carrying file.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), filename or "upload"
+    else:
+        path = Path(source)
+        name = filename or path.name
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"{name}: the file is empty")
+    if name.lower().endswith(".safetensors"):
+        loaded = _read_safetensors(data, name)
+    else:
+        loaded = _read_torch_pickle(data, name)
+    return _unwrap(loaded, name)
+
+
+def _read_safetensors(data: bytes, name: str) -> dict:
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        return load_safetensors(data)
+    except Exception as exc:  # SafetensorError is not importable in every version
+        raise ModelLoadError(f"{name}: not a valid safetensors file ({str(exc)[:160]})") from exc
+
+
+def _read_torch_pickle(data: bytes, name: str) -> object:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{name}: refused to load: the file holds Python objects other than tensors, which could "
+            "run code when unpickled (a whole pickled nn.Module, or custom classes), so it was not "
+            "unpickled. Save and upload the weights instead: torch.save(model.state_dict(), 'model.pt')"
+        ) from exc
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(f"{name}: the file is truncated or not a PyTorch checkpoint") from exc
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{name}: not a readable PyTorch checkpoint (truncated or another format)") from exc
+    except Exception as exc:  # anything else a malformed file can raise inside the unpickler
+        raise ModelLoadError(f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+
+
+def _unwrap(loaded: object, name: str) -> dict[str, Tensor]:
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise ModelLoadError(f"{name}: expected a state_dict (a dict of tensors), found {type(loaded).__name__}")
+    not_tensors = [str(k) for k, v in loaded.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ModelLoadError(f"{name}: not a state_dict: entries {', '.join(not_tensors[:5])} are not tensors")
+    state = {str(k): v for k, v in loaded.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def check_finite(state: Mapping[str, Tensor], what: str = "checkpoint") -> None:
+    """Raise ModelLoadError naming the tensors that hold NaN or Inf values."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelLoadError(f"{what}: tensors {', '.join(bad[:5])} contain NaN or Inf values")
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str | None:
+    """A message naming missing, unexpected and mis-shaped keys, or None when ``state`` fits ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or misshaped):
+        return None
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes (file vs model)", misshaped)):
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+    return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """Load ``state`` strictly into ``model`` after checking keys, shapes and finiteness."""
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise ModelLoadError(f"the weights do not fit this architecture: {mismatch}")
+    check_finite(state)
+    model.load_state_dict(state, strict=True)
+    return model
