@@ -54,6 +54,8 @@ DEMO_METRICS: Path = _ASSETS / "demo.json"
 
 _TEST_FRACTION = 0.25
 _BATCH_SIZE = 64
+# One-cycle peak learning rate; 5e-3 gave a smoother loss curve than 1e-2 at the same accuracy.
+_MAX_LR = 5e-3
 
 
 class TrainingCancelled(Exception):
@@ -235,10 +237,10 @@ def train_demo(
     with _deterministic_cpu(seed):
         model = DemoNet()
         gen = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=_MAX_LR, weight_decay=1e-4)
         steps_per_epoch = -(-len(split.train_y) // _BATCH_SIZE)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=1e-2, total_steps=epochs * steps_per_epoch
+            optimizer, max_lr=_MAX_LR, total_steps=epochs * steps_per_epoch
         )
         n = len(split.train_y)
         for epoch in range(1, epochs + 1):
@@ -281,6 +283,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

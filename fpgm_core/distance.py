@@ -80,7 +80,10 @@ def _gram_distance_blocks(matrix: Tensor, metric: str, block: int) -> Iterator[t
         else:
             dist = gram.neg_().add_(1).clamp_(min=0, max=2)
         if i0 == j0:
-            dist.fill_diagonal_(0)
+            # Rounding in the product can differ between (a, b) and (b, a): mirror the upper
+            # triangle so the matrix is exactly symmetric and a self-distance exactly zero.
+            upper = torch.triu(dist, diagonal=1)
+            dist = upper + upper.T
         yield i0, i1, j0, j1, dist
 
 

@@ -87,7 +87,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
             layer.weight[filter_index(layer, keep)] = 0
             if layer.bias is not None:
                 layer.bias[~keep] = 0
-            norm = modules.get(batchnorms.get(name, ""))
+            norm_name = batchnorms.get(name)
+            norm = modules[norm_name] if norm_name is not None else None
             if norm is not None and norm.affine:
                 norm.weight[~keep] = 0
                 norm.bias[~keep] = 0

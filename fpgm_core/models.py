@@ -147,6 +147,10 @@ def _read_torch_pickle(data: bytes, name: str) -> object:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # The weights-only unpickler says "Unsupported global" for classes and functions it will
+        # not construct (the code-carrying case); other failures are bytes that are no pickle.
+        if "global" not in str(exc).lower():
+            raise ModelLoadError(f"{name}: not a readable PyTorch checkpoint (truncated, or another kind of file)") from exc
         raise ModelLoadError(
             f"{name}: refused to load: the file holds Python objects other than tensors, which could "
             "run code when unpickled (a whole pickled nn.Module, or custom classes), so it was not "
