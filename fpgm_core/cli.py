@@ -7,9 +7,10 @@ and leaves no output file behind.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ._version import __version__
 from .counting import estimate_pruned_costs
@@ -23,15 +24,11 @@ from .models import LoadedModel, build_model, classification_architectures
 from .plan import SparsityPlan, plan_counts, plan_masks
 from .recipe import make_recipe, model_fingerprint, plan_from_recipe, read_recipe
 
-__all__ = ["main", "build_parser", "register_command"]
+__all__ = ["main", "build_parser", "add_model_arguments"]
 
-# Other modules (evaluation, slimming, demo training) add their sub-commands here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def register_command(add: Callable[[argparse._SubParsersAction], None]) -> None:
-    """Register a function that adds a sub-command (with ``set_defaults(run=...)``) to the CLI."""
-    _EXTRA_COMMANDS.append(add)
+# Modules that add sub-commands through ``register_cli(commands)``: evaluation and demo training,
+# slimmed export. Each sub-command sets ``run`` to a function returning its JSON-ready result.
+_COMMAND_MODULES = ("fpgm_core.cli_evaluate", "fpgm_core.cli_slim")
 
 
 def _layer_override(text: str) -> tuple[str, float]:
@@ -170,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--json", action="store_true", help="print a JSON summary naming the files written")
     prune.set_defaults(run=_cmd_prune)
 
-    for add in _EXTRA_COMMANDS:
-        add(commands)
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register_cli(commands)
     return parser
 
 
