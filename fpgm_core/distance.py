@@ -24,12 +24,16 @@ __all__ = ["METRICS", "Metric", "fpgm_scores", "distance_matrix", "check_metric"
 METRICS: tuple[str, ...] = ("l1", "l2", "cosine")
 Metric = Union[str, Callable[[Tensor], Tensor]]
 
-# Block edge for the blocked Gram products: a 2048×2048 float32 block is 16 MB, so a few live
-# temporaries stay far below the 512 MB budget while the products remain large enough to be fast.
-_BLOCK = 2048
-# Elements per column chunk in the L1 sort: values, indices and prefix sums of this many
-# float64/int64 entries stay around 100 MB whatever the layer's size.
-_L1_CHUNK_ELEMENTS = 1 << 22
+# Block edges for the blocked Gram products. Only blocks on or above the diagonal are computed,
+# so smaller blocks skip more of the symmetric half: on CPU, blocks of at most 256 rows (at least
+# two per side once N > 128) skip close to half while staying large enough for BLAS; on a GPU, each
+# block is a kernel launch, so blocks are larger (a 4096² float32 block is 64 MB).
+_CPU_BLOCK = 256
+_GPU_BLOCK = 4096
+_MIN_BLOCK = 64
+# Elements per column chunk in the L1 sort: small enough to stay in cache, and bounding memory
+# whatever the layer's size.
+_L1_CHUNK_ELEMENTS = 1 << 18
 
 
 def check_metric(metric: Metric) -> Metric:
@@ -53,6 +57,13 @@ def _filters(weight: Tensor, device: torch.device) -> Tensor:
     return matrix
 
 
+def _block_size(n: int, device: torch.device) -> int:
+    """Rows per block for an n-filter layer on ``device``."""
+    if device.type != "cpu":
+        return _GPU_BLOCK
+    return max(_MIN_BLOCK, min(_CPU_BLOCK, -(-n // 2)))
+
+
 def _blocks(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
     """Upper-triangular block pairs (i0, i1, j0, j1) with j0 ≥ i0 covering an n×n matrix."""
     for i0 in range(0, n, block):
@@ -61,7 +72,7 @@ def _blocks(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
             yield i0, i1, j0, min(j0 + block, n)
 
 
-def _gram_distance_blocks(matrix: Tensor, metric: str, block: int) -> Iterator[tuple[int, int, int, int, Tensor]]:
+def _gram_distance_blocks(matrix: Tensor, metric: str) -> Iterator[tuple[int, int, int, int, Tensor]]:
     """Yield upper blocks of the L2 or cosine distance matrix, each computed from one matmul."""
     if metric == "l2":
         # Distances do not change under translation; centring first keeps the Gram form
@@ -72,13 +83,14 @@ def _gram_distance_blocks(matrix: Tensor, metric: str, block: int) -> Iterator[t
         norms = matrix.norm(dim=1, keepdim=True)
         # A zero filter has no direction: it is left at zero, so its cosine distance is 1 to all.
         matrix = matrix / torch.where(norms > 0, norms, torch.ones_like(norms))
-    for i0, i1, j0, j1 in _blocks(matrix.shape[0], block):
-        gram = matrix[i0:i1] @ matrix[j0:j1].T
+    for i0, i1, j0, j1 in _blocks(matrix.shape[0], _block_size(matrix.shape[0], matrix.device)):
         if metric == "l2":
-            dist = gram.mul_(-2).add_(squared_norms[i0:i1, None]).add_(squared_norms[None, j0:j1])
-            dist = dist.clamp_(min=0).sqrt_()
+            # ||a||² + ||b||² − 2ab in one fused matrix product.
+            outer = squared_norms[i0:i1, None] + squared_norms[None, j0:j1]
+            dist = torch.addmm(outer, matrix[i0:i1], matrix[j0:j1].T, alpha=-2).clamp_(min=0).sqrt_()
         else:
-            dist = gram.neg_().add_(1).clamp_(min=0, max=2)
+            dist = torch.addmm(torch.ones((), dtype=matrix.dtype, device=matrix.device), matrix[i0:i1], matrix[j0:j1].T, alpha=-1)
+            dist = dist.clamp_(min=0, max=2)
         if i0 == j0:
             # Rounding in the product can differ between (a, b) and (b, a): mirror the upper
             # triangle so the matrix is exactly symmetric and a self-distance exactly zero.
@@ -94,13 +106,14 @@ def _l1_scores(matrix: Tensor) -> Tensor:
     chunk = max(1, _L1_CHUNK_ELEMENTS // max(n, 1))
     # For the value v at sorted position r with inclusive prefix sum P over sorted values:
     # Σ_j |v − v_j| = (r·v − (P − v)) + ((T − P) − (n − 1 − r)·v) = (2r − n + 2)·v − 2P + T.
-    rank_weight = (2 * torch.arange(n, device=matrix.device, dtype=torch.float64) - n + 2)[:, None]
+    # Prefix sums run in float64: in float32 their rounding would grow with n.
+    rank_weight = (2 * torch.arange(n, device=matrix.device, dtype=torch.float64) - n + 2)[None, :]
     for c0 in range(0, d, chunk):
-        values, order = matrix[:, c0 : c0 + chunk].sort(dim=0)
-        values = values.to(torch.float64)
-        prefix = values.cumsum(dim=0)
-        per_value = rank_weight * values - 2 * prefix + prefix[-1:]
-        scores.index_add_(0, order.reshape(-1), per_value.reshape(-1))
+        # One coordinate per row, contiguous, so each sort and prefix sum runs along memory.
+        values, order = matrix[:, c0 : c0 + chunk].T.contiguous().sort(dim=1)
+        prefix = values.cumsum(dim=1, dtype=torch.float64)
+        per_value = rank_weight * values - 2 * prefix + prefix[:, -1:]
+        scores += torch.empty_like(per_value).scatter_(1, order, per_value).sum(dim=0)
     return scores
 
 
@@ -128,10 +141,11 @@ def fpgm_scores(weight: Tensor, metric: Metric = "l2", *, device: str | torch.de
         if metric == "l1":
             return _l1_scores(matrix)
         scores = torch.zeros(matrix.shape[0], dtype=torch.float64, device=matrix.device)
-        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric, _BLOCK):
-            scores[i0:i1] += dist.sum(dim=1, dtype=torch.float64)
+        # Each block's sums (≤ 4096 terms) are exact enough in float32; across blocks, float64.
+        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric):
+            scores[i0:i1] += dist.sum(dim=1)
             if j0 != i0:
-                scores[j0:j1] += dist.sum(dim=0, dtype=torch.float64)
+                scores[j0:j1] += dist.sum(dim=0)
         return scores
 
 
@@ -160,7 +174,7 @@ def distance_matrix(weight: Tensor, metric: Metric = "l2", *, device: str | torc
             out.fill_diagonal_(0)
             return out
         out = torch.empty(n, n, dtype=matrix.dtype, device=matrix.device)
-        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric, _BLOCK):
+        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric):
             out[i0:i1, j0:j1] = dist
             if j0 != i0:
                 out[j0:j1, i0:i1] = dist.T

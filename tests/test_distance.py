@@ -65,7 +65,8 @@ def test_blocked_and_chunked_paths_equal_one_block(metric, monkeypatch):
     weight = torch.randn(53, 40, generator=torch.Generator().manual_seed(7)).double()
     whole_scores = fpgm_scores(weight, metric, device="cpu")
     whole_matrix = distance_matrix(weight, metric, device="cpu")
-    monkeypatch.setattr(distance, "_BLOCK", 8)
+    monkeypatch.setattr(distance, "_CPU_BLOCK", 8)
+    monkeypatch.setattr(distance, "_MIN_BLOCK", 8)
     monkeypatch.setattr(distance, "_L1_CHUNK_ELEMENTS", 53 * 3)
     torch.testing.assert_close(fpgm_scores(weight, metric, device="cpu"), whole_scores)
     if metric != "l1":
