@@ -7,7 +7,7 @@ It never imports Streamlit.
 from ._version import __version__
 from .counting import CostSummary, count_flops, count_parameters, estimate_pruned_costs, input_producers, layer_flops
 from .devices import available_devices, resolve_device
-from .distance import METRICS, Metric, distance_matrix, fpgm_scores
+from .distance import METRICS, Metric, distance_matrix, fpgm_scores, pooled_distance_matrix
 from .errors import ExportError, FpgmError, ModelLoadError, PlanError
 from .export import ExportedFiles, export_masked, export_paths, serialize_tensors, write_atomically
 from .layers import LayerInfo, layer_filters, prunable_layers
@@ -23,6 +23,7 @@ __all__ = [
     "Metric",
     "fpgm_scores",
     "distance_matrix",
+    "pooled_distance_matrix",
     "fpgm_mask",
     "prune_count",
     "mask_from_scores",

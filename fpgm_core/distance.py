@@ -19,7 +19,7 @@ from torch import Tensor
 from .devices import resolve_device
 from .errors import PlanError
 
-__all__ = ["METRICS", "Metric", "fpgm_scores", "distance_matrix", "check_metric"]
+__all__ = ["METRICS", "Metric", "fpgm_scores", "distance_matrix", "pooled_distance_matrix", "check_metric"]
 
 METRICS: tuple[str, ...] = ("l1", "l2", "cosine")
 Metric = Union[str, Callable[[Tensor], Tensor]]
@@ -179,3 +179,55 @@ def distance_matrix(weight: Tensor, metric: Metric = "l2", *, device: str | torc
             if j0 != i0:
                 out[j0:j1, i0:i1] = dist.T
         return out
+
+
+def _distance_blocks(matrix: Tensor, metric: str) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Upper blocks of the distance matrix for any built-in metric, bounded in size."""
+    if metric != "l1":
+        yield from _gram_distance_blocks(matrix, metric)
+        return
+    for i0, i1, j0, j1 in _blocks(matrix.shape[0], 512):
+        yield i0, i1, j0, j1, torch.cdist(matrix[i0:i1], matrix[j0:j1], p=1)
+
+
+def pooled_distance_matrix(
+    weight: Tensor,
+    metric: str = "l2",
+    *,
+    size: int = 512,
+    order: Tensor | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Tensor, int]:
+    """A reduced view of the distance matrix for layers too large to show or hold whole.
+
+    Filters (taken in ``order`` when given, e.g. sorted by score) are split into consecutive
+    groups of ``g = ceil(N / size)``; entry (a, b) is the mean distance between the filters of
+    group a and group b. The full matrix is never held: blocks are pooled as they are computed.
+
+    Returns:
+        The (ceil(N / g))² pooled matrix (float64, CPU) and the group size ``g`` (1 = not reduced).
+    """
+    metric = check_metric(metric)
+    if callable(metric):
+        raise PlanError("a reduced view needs a built-in metric (l1, l2 or cosine)")
+    if size < 1:
+        raise PlanError(f"size must be at least 1, got {size}")
+    with torch.no_grad():
+        matrix = _filters(weight, resolve_device(device))
+        if order is not None:
+            matrix = matrix[order.to(matrix.device)]
+        n = matrix.shape[0]
+        group = -(-n // size)
+        groups = n // group + (n % group > 0)
+        owner = torch.arange(n, device=matrix.device) // group
+        pooled = torch.zeros(groups, groups, dtype=torch.float64, device=matrix.device)
+        for i0, i1, j0, j1, dist in _distance_blocks(matrix, metric):
+            rows = torch.zeros(groups, j1 - j0, dtype=torch.float64, device=matrix.device)
+            rows.index_add_(0, owner[i0:i1], dist.to(torch.float64))
+            block = torch.zeros(groups, groups, dtype=torch.float64, device=matrix.device)
+            block.index_add_(1, owner[j0:j1], rows)
+            pooled += block
+            if j0 != i0:
+                pooled += block.T
+        counts = torch.bincount(owner, minlength=groups).to(torch.float64)
+        return (pooled / counts[:, None] / counts[None, :]).cpu(), group

@@ -130,3 +130,26 @@ def test_cuda_agrees_with_cpu(metric):
     torch.testing.assert_close(
         distance_matrix(weight, metric, device="cuda").cpu(), distance_matrix(weight, metric, device="cpu"), rtol=1e-4, atol=1e-3
     )
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2", "cosine"])
+@pytest.mark.parametrize("n,size", [(50, 7), (64, 16), (10, 20)])
+def test_pooled_matrix_is_the_block_mean_of_the_full_matrix(metric, n, size, monkeypatch):
+    monkeypatch.setattr(distance, "_CPU_BLOCK", 8)
+    monkeypatch.setattr(distance, "_MIN_BLOCK", 8)
+    weight = torch.randn(n, 6, generator=torch.Generator().manual_seed(n)).double()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    pooled, group = distance.pooled_distance_matrix(weight, metric, size=size, order=order, device="cpu")
+    full = distance_matrix(weight[order], metric, device="cpu")
+    assert group == -(-n // size) and pooled.shape[0] == -(-n // group)
+    for a in range(pooled.shape[0]):
+        for b in range(pooled.shape[0]):
+            expected = full[a * group : (a + 1) * group, b * group : (b + 1) * group].mean()
+            torch.testing.assert_close(pooled[a, b], expected.double())
+
+
+def test_pooled_view_of_a_16384_filter_layer_stays_small():
+    weight = torch.randn(16384, 64, generator=torch.Generator().manual_seed(0))
+    pooled, group = distance.pooled_distance_matrix(weight, "l2", size=512, device="cpu")
+    assert pooled.shape == (512, 512) and group == 32
+    assert torch.equal(pooled, pooled.T)
