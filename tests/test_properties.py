@@ -62,3 +62,48 @@ def test_plans_on_random_models_count_and_never_mutate(widths, sparsity, mode, s
     assert all(torch.equal(masks[k], again[k]) for k in masks)
     out = masked(torch.randn(2, 2, 5, 5))
     assert torch.isfinite(out).all()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+    device=st.sampled_from(DEVICES),
+    width=st.integers(1, 24),
+    sparsity=sparsities,
+    overrides=st.dictionaries(st.sampled_from(["0", "3"]), sparsities, max_size=2),
+    mode=st.sampled_from(["uniform", "global"]),
+    suffix=st.sampled_from([".pt", ".safetensors"]),
+)
+def test_dtypes_devices_and_plans_export_and_reload_strictly(tmp_path_factory, dtype, device, width, sparsity, overrides, mode, suffix):
+    from safetensors.torch import load_file
+
+    from fpgm_core import export_masked, make_recipe, plan_counts, plan_from_recipe, prunable_layers
+
+    torch.manual_seed(width)
+    model = nn.Sequential(
+        nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 5, 1), nn.Flatten(), nn.LazyLinear(2)
+    )
+    model(torch.zeros(1, 3, 4, 4))
+    model = model.to(dtype).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = SparsityPlan(sparsity=sparsity, overrides=overrides, mode=mode)
+    masks = plan_masks(model, plan, device=device)
+    layers = prunable_layers(model)
+    counts = {name: int((~keep).sum()) for name, keep in masks.items()}
+    if mode == "uniform":
+        assert counts == plan_counts(layers, plan)
+    recipe = make_recipe(model, plan, counts, layers, arch="tiny", weights="none")
+    out = tmp_path_factory.mktemp("export") / f"m{suffix}"
+    files = export_masked(model, masks, recipe, out)
+    state = load_file(files.checkpoint) if suffix == ".safetensors" else torch.load(files.checkpoint, weights_only=True)
+    fresh = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 5, 1), nn.Flatten(), nn.Linear(20, 2)).to(dtype)
+    fresh.load_state_dict(state, strict=True)
+    for name, keep in masks.items():
+        assert state[f"{name}.weight"].dtype == dtype
+        assert torch.all(state[f"{name}.weight"][~keep] == 0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "input model mutated"
+    replayed = plan_masks(model, plan_from_recipe(recipe), device=device)
+    assert all(torch.equal(replayed[k], masks[k]) for k in masks), "same recipe, different masks"
