@@ -1,0 +1,98 @@
+"""What the Export page offers: file names, file bytes, and the code that reproduces the result.
+
+The bytes are built by the engine (``apply_masks`` on a copy, ``serialize_tensors``,
+``make_recipe``/``recipe_json``), so a download equals what ``python -m fpgm_core prune`` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from fpgm_core import LayerInfo, LoadedModel, SparsityPlan, apply_masks, make_recipe, recipe_json, serialize_tensors
+
+from .sources import ModelSource
+
+__all__ = [
+    "export_stem",
+    "checkpoint_bytes",
+    "masks_bytes",
+    "recipe_bytes",
+    "original_weights_bytes",
+    "weights_argument",
+    "load_snippet",
+    "cli_command",
+]
+
+
+def export_stem(loaded: LoadedModel) -> str:
+    """Base file name of the exports, e.g. ``resnet18-fpgm``."""
+    return f"{loaded.arch}-fpgm"
+
+
+def checkpoint_bytes(loaded: LoadedModel, masks: Mapping[str, Tensor], fmt: str) -> bytes:
+    """The masked state_dict as ``.pt`` or ``.safetensors`` bytes; the cached model is not touched."""
+    return serialize_tensors(apply_masks(loaded.model, masks).state_dict(), fmt)
+
+
+def masks_bytes(masks: Mapping[str, Tensor], fmt: str) -> bytes:
+    """The keep-masks (layer name → bool, True = kept) as ``.pt`` or ``.safetensors`` bytes."""
+    return serialize_tensors({name: keep.to(torch.bool) for name, keep in masks.items()}, fmt)
+
+
+def original_weights_bytes(loaded: LoadedModel) -> bytes:
+    """The unpruned weights as safetensors (for the CLI when the upload was not a state_dict)."""
+    return serialize_tensors(loaded.model.state_dict(), "safetensors")
+
+
+def weights_argument(loaded: LoadedModel, source: ModelSource) -> str:
+    """The ``--weights`` value that rebuilds these weights headlessly."""
+    if source.kind != "upload":
+        return loaded.weights
+    if source.upload_format == "state_dict":
+        return source.weights
+    return f"{Path(source.weights).stem}.safetensors"
+
+
+def recipe_bytes(
+    loaded: LoadedModel, source: ModelSource, plan: SparsityPlan, counts: Mapping[str, int], layers: list[LayerInfo]
+) -> bytes:
+    """The recipe JSON of ``plan`` resolved to ``counts`` on this model."""
+    recipe = make_recipe(loaded.model, plan, counts, layers, arch=loaded.arch, weights=weights_argument(loaded, source))
+    return recipe_json(recipe).encode()
+
+
+def load_snippet(loaded: LoadedModel, fmt: str = "safetensors") -> str:
+    """Python that rebuilds the architecture and loads the pruned checkpoint with ``strict=True``."""
+    stem = export_stem(loaded)
+    if loaded.arch == "demo":
+        build = "from fpgm_core.demo import DemoNet\n\nmodel = DemoNet()"
+    else:
+        build = f'import torchvision\n\nmodel = torchvision.models.get_model("{loaded.arch}", weights=None)'
+    if fmt == "safetensors":
+        load = (
+            "from safetensors.torch import load_file\n"
+            f"{build}\n"
+            f'model.load_state_dict(load_file("{stem}.safetensors"), strict=True)\n'
+            f'masks = load_file("{stem}.masks.safetensors")  # layer name -> bool keep-mask (True = kept)'
+        )
+    else:
+        load = (
+            "import torch\n"
+            f"{build}\n"
+            f'model.load_state_dict(torch.load("{stem}.pt", weights_only=True), strict=True)\n'
+            f'masks = torch.load("{stem}.masks.pt", weights_only=True)  # layer name -> bool keep-mask'
+        )
+    return load + "\nmodel.eval()\n# Pruned filters (mask False) and their BatchNorm channels hold exactly zero.\n"
+
+
+def cli_command(loaded: LoadedModel, source: ModelSource) -> str:
+    """The headless command that reproduces the export from the recipe."""
+    stem = export_stem(loaded)
+    return (
+        f"python -m fpgm_core prune --arch {loaded.arch} --weights {weights_argument(loaded, source)} "
+        f"--recipe {stem}.recipe.json --out {stem}.safetensors"
+    )

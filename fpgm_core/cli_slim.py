@@ -1,0 +1,127 @@
+"""``python -m fpgm_core slim``: write a physically smaller model (.pt2, .onnx or .pt) with measurements.
+
+The plan is given as for ``prune`` (``--sparsity`` with optional ``--layer`` overrides, or
+``--recipe``). The slimmed model is checked against the group-masked model before anything is
+written; parameters, FLOPs, file size and CPU latency are measured before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import _layer_override, _plan_from_args, _sparsity, add_model_arguments
+from .distance import METRICS
+
+__all__ = ["register_cli"]
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,32, got {text!r}") from exc
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
+def _human(count: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.2f}{unit}"
+    return f"{count:.0f}"
+
+
+def _file_size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _cmd_slim(args: argparse.Namespace) -> dict:
+    # Imported here: Torch-Pruning and the exporters load only when a model is slimmed.
+    from .devices import resolve_device
+    from .models import build_model
+    from .recipe import model_fingerprint
+    from .slim import slim_format, export_slimmed, serialize_model, slim_model
+
+    fmt = slim_format(args.out)  # reject a bad output name before any work
+    device = resolve_device(args.device)
+    loaded = build_model(args.arch, args.weights)
+    plan, recipe_in = _plan_from_args(args, loaded)
+    if recipe_in is not None and recipe_in.get("model", {}).get("fingerprint") != model_fingerprint(loaded.model):
+        print("warning: the recipe was made on different weights; the channels follow these weights", file=sys.stderr)
+    result = slim_model(
+        loaded.model,
+        plan,
+        input_shape=loaded.input_shape,
+        device=device,
+        latency_repeats=args.repeats,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+    )
+    written = export_slimmed(result.model, args.out, input_shape=loaded.input_shape)
+    original_file = serialize_model(loaded.model, fmt, input_shape=loaded.input_shape, check=False)
+    summary = {
+        "arch": loaded.arch,
+        "weights": loaded.weights,
+        "metric": plan.metric,
+        "mode": plan.mode,
+        **result.to_dict(),
+        "file": written.to_dict(),
+        "file_bytes_before": original_file.size,
+        "file_bytes_after": written.size,
+    }
+    for row in result.blocked:
+        print(f"note: kept group {row['root']} whole: blocked by {row['blocked_by']} ({row['reason']})", file=sys.stderr)
+    if written.note:
+        print(f"note: {written.note}", file=sys.stderr)
+    if not args.json:
+        latency = ""
+        if result.latency_ms:
+            before, after = result.latency_ms["before"], result.latency_ms["after"]
+            latency = "; latency " + ", ".join(f"batch {b}: {before[b]:.1f} → {after[b]:.1f} ms" for b in before)
+        check = result.verification
+        print(
+            f"slimmed {loaded.arch}: params {_human(result.params_before)} → {_human(result.params_after)}, "
+            f"FLOPs {_human(result.flops_before)} → {_human(result.flops_after)}{latency}; "
+            f"outputs match the group-masked model (max diff {check.max_abs_diff:.2g} ≤ {check.tolerance:.2g}); "
+            f"wrote {written.path} ({_file_size(written.size)}, was {_file_size(original_file.size)})"
+        )
+    return summary
+
+
+def register_cli(commands: argparse._SubParsersAction) -> None:
+    """Add the ``slim`` sub-command to ``python -m fpgm_core``."""
+    slim = commands.add_parser(
+        "slim",
+        help="write a physically smaller model (.pt2, .onnx or .pt), verified and measured",
+        description=(
+            "Remove the channels an FPGM plan prunes, per dependency group (Torch-Pruning), check the result "
+            "against the group-masked model, and measure parameters, FLOPs, file size and CPU latency before and after."
+        ),
+    )
+    add_model_arguments(slim, weights_required=True)
+    slim.add_argument("--sparsity", type=_sparsity, help="fraction of filters to prune, 0…1")
+    slim.add_argument("--layer", action="append", type=_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
+    slim.add_argument("--recipe", help="replay a recipe JSON written by an earlier export")
+    slim.add_argument("--metric", default="l2", choices=METRICS, help="filter distance (default l2)")
+    slim.add_argument("--mode", default="uniform", choices=("uniform", "global"), help="per-layer sparsity or global ranking")
+    slim.add_argument("--max-layer-sparsity", type=_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
+    slim.set_defaults(include_output=False)  # the classifier's outputs are the classes: never slimmed
+    slim.add_argument("--device", default=None, help="where FPGM distances are computed (default: CUDA when present)")
+    slim.add_argument("--out", required=True, help="file to write: FILE.pt2 (torch.export), FILE.onnx or FILE.pt (pickled module)")
+    slim.add_argument("--repeats", type=_non_negative, default=5, help="timed runs per batch size for latency (median; 0 skips)")
+    slim.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 32), help="batch sizes timed (default 1,32)")
+    slim.add_argument("--threads", type=_non_negative, default=None, help="CPU threads for the latency runs (default: torch's)")
+    slim.add_argument("--json", action="store_true", help="print a JSON summary")
+    slim.set_defaults(run=_cmd_slim)
