@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary
+from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
 from fpgm_core.evaluation import (
@@ -350,4 +350,5 @@ def _load_plan(overrides: dict[str, float], metric: str) -> None:
     session.editor_generation += 1
 
 
+require_entry(__file__)
 page()

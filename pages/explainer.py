@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from dashboard.state import active_model
+from dashboard.state import active_model, require_entry
 from fpgm_core import fpgm_scores, layer_filters, mask_from_scores, prune_count
 from fpgm_core.criteria import filter_norms, geometric_median
 
@@ -204,4 +204,5 @@ def _score_figure(view: dict, fpgm_pruned: np.ndarray, norm_pruned: np.ndarray) 
     return fig
 
 
+require_entry(__file__)
 page()

@@ -20,7 +20,8 @@ import fpgm_core
 
 SCREENSHOTS = os.environ.get("SCREENSHOT_DIR")
 TIMEOUT_MS = 90_000
-HEADINGS = {"Model": "Model", "Heatmaps": "Filter distances", "Sparsity": "Sparsity", "Export": "Export"}
+HEADINGS = {"Model": "Model", "Heatmaps": "Filter distances", "Sparsity": "Sparsity", "Export": "Export", "Evaluate": "Evaluate", "How FPGM works": "How FPGM works"}
+URL_PATHS = {"How FPGM works": "explainer"}
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def idle(page) -> None:
 def go(page, title: str) -> None:
     """Open a page through the sidebar, in the same session, and check that it drew without errors."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
-    page.wait_for_url(re.compile(title.lower() if title != "Heatmaps" else ".*"))
+    page.wait_for_url(re.compile(URL_PATHS.get(title, title.lower()) if title != "Heatmaps" else ".*"))
     idle(page)
     page.get_by_role("heading", name=HEADINGS[title], exact=True, level=1).wait_for()
     assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
@@ -140,6 +141,11 @@ def test_a_session_from_heatmap_to_download(page, tmp_path):
     recipe = fpgm_core.read_recipe(files["demo-fpgm.recipe.json"])
     assert recipe["global_sparsity"] == pytest.approx(0.4)
     assert sum(entry["pruned"] for entry in recipe["layers"].values()) == pruned_at(0.4)
+
+    go(page, "Evaluate")
+    shoot(page, "evaluate")
+    go(page, "How FPGM works")
+    shoot(page, "explainer")
 
 
 def test_a_deep_link_on_a_fresh_server_opens_that_page(browser, fresh_streamlit_server):
