@@ -76,8 +76,10 @@ def build_model(arch: str, weights: str | os.PathLike = "none", *, allow_random_
             "resnet18, resnet50, mobilenet_v2 or vit_b_16 (`python -m fpgm_core archs` lists them)"
         )
     weights = str(weights)
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(arch, weights=None)
+    # Random init is seeded so "none" always means the same weights, without touching the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, weights=None)
     notice = None
     if weights == "default":
         try:
@@ -103,7 +105,10 @@ def _build_demo(weights: str | os.PathLike) -> LoadedModel:
     model = demo.DemoNet()
     weights = str(weights)
     if weights in ("default", "demo"):
-        model = demo.load_demo_model()
+        try:
+            model = demo.load_demo_model()
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"the bundled demo weights are missing ({demo.DEMO_CHECKPOINT}); run `python -m fpgm_core demo-train`") from exc
     elif weights != "none":
         load_weights(model, read_state_dict(weights))
     name = weights if weights in ("none", "default", "demo") else Path(weights).name
@@ -149,6 +154,13 @@ def _read_torch_pickle(data: bytes, name: str) -> object:
     except pickle.UnpicklingError as exc:
         # The weights-only unpickler says "Unsupported global" for classes and functions it will
         # not construct (the code-carrying case); other failures are bytes that are no pickle.
+        if not data.startswith(b"PK") and data[:1] == b"\x80":
+            # A bare pickle (protocol 2+), not torch.save's zip archive: refused unread.
+            raise ModelLoadError(
+                f"{name}: refused to load: a plain Python pickle, not a PyTorch checkpoint; pickles can "
+                "run code when loaded, so it was not unpickled. Save and upload the weights instead: "
+                "torch.save(model.state_dict(), 'model.pt')"
+            ) from exc
         if "global" not in str(exc).lower():
             raise ModelLoadError(f"{name}: not a readable PyTorch checkpoint (truncated, or another kind of file)") from exc
         raise ModelLoadError(

@@ -99,10 +99,9 @@ def test_wrapped_state_dict_and_safetensors_upload_load(new_app):
 @pytest.mark.parametrize(
     ("protocol", "phrases"),
     [
-        # Protocol 2 is what torch's weights-only reader parses: it stops at the code-carrying global.
-        (2, ("refused to load", "could run code", "model.state_dict()")),
-        # Newer protocols stop it earlier, at an opcode it does not read: refused as unreadable.
-        (pickle.HIGHEST_PROTOCOL, ("not a readable PyTorch checkpoint",)),
+        # A bare pickle of any protocol is refused unread, with why and what to upload instead.
+        (2, ("refused to load", "plain Python pickle", "run code", "model.state_dict()")),
+        (pickle.HIGHEST_PROTOCOL, ("refused to load", "plain Python pickle", "run code", "model.state_dict()")),
     ],
 )
 def test_hostile_raw_pickle_is_refused_and_never_runs(new_app, tmp_path, protocol, phrases):
