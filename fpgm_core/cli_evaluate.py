@@ -26,6 +26,7 @@ from .evaluation import (
     model_categories,
     predict,
 )
+from .cli import _layer_override, _sparsity
 from .export import write_atomically
 from .layers import prunable_layers
 from .masks import check_sparsity
@@ -35,13 +36,6 @@ from .recipe import make_recipe, model_fingerprint, plan_from_recipe, read_recip
 from .sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
 
 __all__ = ["register_cli"]
-
-
-def _sparsity(text: str) -> float:
-    try:
-        return check_sparsity(text)
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _sparsity_list(text: str) -> list[float]:
@@ -57,12 +51,6 @@ def _criterion(text: str) -> str:
     except PlanError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
-
-def _layer_override(text: str) -> tuple[str, float]:
-    name, sep, value = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY, got {text!r}")
-    return name, _sparsity(value)
 
 
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:

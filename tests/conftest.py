@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -119,3 +120,13 @@ def browser():
             _skip_or_fail(f"Chromium at {CHROMIUM} did not start: {exc}")
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread: the demo's 8×8 convolutions are too small to
+    split, and on a busy machine two intra-op threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

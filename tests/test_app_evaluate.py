@@ -32,14 +32,8 @@ st.navigation([
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The demo's 8×8 convolutions are too small to split: on a busy machine two intra-op threads
-    # mostly wait for each other, so these tests run on one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The demo's 8×8 convolutions are too small to split across threads (see conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

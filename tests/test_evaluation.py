@@ -47,14 +47,8 @@ def image_zip(folders, per_class: int = 3, prefix: str = "") -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The demo's 8×8 convolutions are too small to split: on a busy machine two intra-op threads
-    # mostly wait for each other (several times slower), so these tests run on one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The demo's 8×8 convolutions are too small to split across threads (see conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
