@@ -276,6 +276,10 @@ def analyse_groups(model: nn.Module, input_shape: tuple[int, ...], *, check: boo
     Raises GroupError when the model cannot be traced, with Torch-Pruning's reason.
     """
     work = copy.deepcopy(model).eval()
+    # Torch-Pruning follows autograd: a frozen model (requires_grad=False, as the dashboard caches
+    # its models) would trace to no groups at all. The copy is private, so unfreeze it.
+    for parameter in work.parameters():
+        parameter.requires_grad_(True)
     names = {module: name for name, module in work.named_modules()}
     output = output_layer_name(work)
     modules = dict(work.named_modules())

@@ -4,9 +4,18 @@ from functools import partial
 
 import streamlit as st
 
-from dashboard import exports
-from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
-from fpgm_core import PlanError
+from dashboard import cache, exports, slimming
+from dashboard.state import (
+    ActiveModel,
+    active_model,
+    current_plan,
+    plan_description,
+    plan_error,
+    plan_summary,
+    require_entry,
+)
+from fpgm_core import PlanError, SparsityPlan
+from fpgm_core.slim import PT_PICKLE_NOTE, SlimError
 
 
 def page() -> None:
@@ -57,6 +66,69 @@ def page() -> None:
     st.code(exports.cli_command(loaded, source), language="bash")
     st.caption("The recipe records the model's fingerprint and, per layer, how many filters are pruned; FPGM always "
                "removes a layer's lowest-scored filters, so the same weights give the same masks.")
+    _slim_section(active, plan, stem)
+
+
+def _slim_section(active: ActiveModel, plan: SparsityPlan, stem: str) -> None:
+    """Remove the pruned channels for real: a smaller model, verified and measured, as .pt2/.onnx/.pt."""
+    st.subheader("Physically smaller model")
+    st.caption("Slimming removes the pruned channels (and every input that reads them) instead of zeroing them. "
+               "Layers that share channels lose them together; the result is checked against the masked model.")
+    session = st.session_state
+    request = (active.key, slimming.plan_key(plan))
+    if st.button("Slim the model", key="slim_button", icon=":material/compress:"):
+        session.slim_request = request
+    if session.get("slim_request") != request:
+        return
+    failures = session.setdefault("slim_failures", {})
+    if request in failures:
+        _slim_failed(failures[request])
+        return
+    loaded = active.loaded
+    scores = cache.scores_as_tensors(cache.all_layer_scores(active.model, active.key, plan.metric, active.device))
+    try:
+        result = slimming.slimmed(active.model, active.key, request[1], plan, tuple(loaded.input_shape), scores, active.device)
+    except SlimError as exc:
+        failures[request] = str(exc)
+        _slim_failed(str(exc))
+        return
+    check = result.verification
+    columns = st.columns([3, 2], gap="large")
+    with columns[0]:
+        st.markdown("**Measured** (CPU latency: median of "
+                    f"{slimming.LATENCY_REPEATS} runs{f', {result.threads} threads' if result.threads else ''})")
+        st.dataframe(slimming.measured_table(result), width="stretch", key="slim_measured")
+    with columns[1]:
+        st.markdown("**Verification**")
+        if check is not None:
+            verdict = "passed" if check.passed else "failed"
+            outputs = "≤" if check.outputs_match else ">"
+            st.markdown(
+                f"Verification **{verdict}**: max abs diff vs the masked model {check.max_abs_diff:.3g} "
+                f"{outputs} tolerance {check.tolerance:.3g}; parameter and FLOP counts "
+                f"{'match' if check.counts_match else 'do not match'} the prediction "
+                f"({check.params_predicted:,} parameters, {check.flops_predicted:,} FLOPs)."
+            )
+    if result.blocked:
+        st.warning(f"{len(result.blocked)} group(s) the plan prunes are kept whole: a layer blocks them.")
+        st.dataframe(slimming.blocked_table(result), width="stretch", hide_index=True, key="slim_blocked")
+    st.markdown("**Slimmed model**")
+    columns = st.columns(3, gap="large")
+    for column, fmt in zip(columns, (".pt2", ".onnx", ".pt")):
+        name = slimming.file_name(stem, fmt)
+        with column:
+            st.download_button(
+                name, partial(slimming.file_bytes, result.model, fmt, tuple(loaded.input_shape)), file_name=name,
+                mime="application/octet-stream", on_click="ignore", icon=":material/download:", key=f"download_slim_{fmt[1:]}",
+            )
+    st.caption("`.pt2` loads with `torch.export.load`, `.onnx` with onnxruntime; both are checked against the slimmed "
+               "model before they are served.")
+    st.caption(f"**.pt:** {PT_PICKLE_NOTE}.")
+
+
+def _slim_failed(message: str) -> None:
+    st.error(message)
+    st.info("The masked export above still works: its checkpoint loads into the unmodified architecture.")
 
 
 require_entry(__file__)

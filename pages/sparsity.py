@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from dashboard import slimming
 from dashboard.figures import sparsity_figure
 from dashboard.state import (
     METRIC_LABELS,
@@ -16,7 +17,7 @@ from dashboard.state import (
     shared,
 )
 from dashboard.summary import PlanSummary, apply_editor_edits, format_count, layer_table
-from fpgm_core import METRICS, PlanError
+from fpgm_core import METRICS, FpgmError, PlanError
 
 
 def page() -> None:
@@ -40,6 +41,21 @@ def page() -> None:
     with right:
         st.markdown("**Sparsity per layer**")
         st.plotly_chart(sparsity_figure(table), key="sparsity_chart", config={"displaylogo": False})
+    _groups(active)
+
+
+def _groups(active) -> None:
+    """Which layers lose the same channels in a slimmed model, and which groups are kept whole."""
+    with st.expander("Coupled layers (dependency groups)", key="groups_expander"):
+        st.caption("A slimmed model removes channels, not just zeroes them: layers whose outputs are added or "
+                   "concatenated lose the same channels together (their FPGM scores are combined), and a group "
+                   "a layer blocks is kept whole. The masked checkpoint is not affected.")
+        try:
+            groups = slimming.model_groups(active.model, active.key, tuple(active.loaded.input_shape))
+        except FpgmError as exc:
+            st.info(f"No dependency groups for this model: {exc}")
+            return
+        st.dataframe(slimming.groups_table(groups), width="stretch", hide_index=True, key="groups_table")
 
 
 def _controls() -> None:

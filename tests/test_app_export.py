@@ -162,3 +162,22 @@ def test_the_page_command_reproduces_the_download_headlessly(new_app, downloads,
     theirs = load_safetensors((tmp_path / f"{STEM}.safetensors").read_bytes())
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_slimming_the_default_model_serves_a_verified_pt2(new_app, downloads):
+    import io
+
+    app = new_app(EXPORT)
+    assert not any(button.label.endswith(".pt2") for button in app.download_button)  # nothing slimmed yet
+    app.button(key="slim_button").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [error.value for error in app.error]
+    assert any("Verification **passed**" in text.value for text in app.markdown)
+    measured = app.dataframe[0].value
+    assert measured.loc["Parameters", "after"] != measured.loc["Parameters", "before"]  # channels were removed
+    assert {"Parameters", "FLOPs / forward", "CPU latency, batch 1", "CPU latency, batch 32"} <= set(measured.index)
+    labels = [button.label for button in app.download_button]
+    assert {f"{STEM}-slim.pt2", f"{STEM}-slim.onnx", f"{STEM}-slim.pt"} <= set(labels)
+    program = torch.export.load(io.BytesIO(content(downloads, f"{STEM}-slim.pt2")))
+    output = program.module()(torch.zeros(1, 1, 8, 8))
+    assert output.shape[0] == 1 and torch.isfinite(output).all()

@@ -145,3 +145,12 @@ def test_shared_controls_carry_across_pages(new_app):
     app.slider(key="sparsity_pct_widget").set_value(25).run()
     app.switch_page("pages/heatmaps.py").run()
     assert app.slider(key="sparsity_pct_widget").value == 25
+
+
+def test_dependency_groups_expander_lists_the_groups(new_app):
+    app = new_app(SPARSITY)
+    assert not app.exception, app.exception
+    expander = next(e for e in app.expander if e.label == "Coupled layers (dependency groups)")
+    groups = expander.dataframe[0].value
+    assert len(groups) >= 1
+    assert {"root", "layers", "channels", "blocked_by", "reason"} <= set(groups.columns)

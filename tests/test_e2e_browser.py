@@ -142,6 +142,20 @@ def test_a_session_from_heatmap_to_download(page, tmp_path):
     assert recipe["global_sparsity"] == pytest.approx(0.4)
     assert sum(entry["pruned"] for entry in recipe["layers"].values()) == pruned_at(0.4)
 
+    # The physically smaller model: slim, wait for its verified export, load the .pt2 without unpickling.
+    page.get_by_role("button", name="Slim the model").click()
+    slim_pt2 = page.get_by_role("button", name="demo-fpgm-slim.pt2", exact=True)
+    slim_pt2.wait_for()
+    idle(page)
+    assert page.get_by_text("Verification passed").is_visible()
+    with page.expect_download() as download:
+        slim_pt2.click()
+    pt2 = tmp_path / download.value.suggested_filename
+    download.value.save_as(pt2)
+    assert pt2.name == "demo-fpgm-slim.pt2"
+    program = torch.export.load(str(pt2))
+    assert program.module()(torch.zeros(1, 1, 8, 8)).shape[0] == 1
+
     go(page, "Evaluate")
     shoot(page, "evaluate")
     go(page, "How FPGM works")

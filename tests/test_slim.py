@@ -332,3 +332,16 @@ def test_group_consistent_masked_export_computes_what_the_slimmed_model_computes
     reloaded = build_model("demo", "none").model
     reloaded.load_state_dict(read_state_dict(files.checkpoint), strict=True)
     _assert_close(_outputs(reloaded, DEMO_SHAPE), _outputs(result.model, DEMO_SHAPE))
+
+
+def test_frozen_model_still_finds_its_groups():
+    # The dashboard caches models with requires_grad off; Torch-Pruning traces through autograd.
+    from fpgm_core import build_model
+    from fpgm_core.groups import dependency_groups
+
+    model = build_model("demo", "default").model
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    groups = dependency_groups(model, (1, 1, 8, 8))
+    assert len(groups) >= 3
+    assert all(not p.requires_grad for p in model.parameters()), "the caller's model was changed"
