@@ -72,8 +72,14 @@ def _blocks(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
             yield i0, i1, j0, min(j0 + block, n)
 
 
-def _gram_distance_blocks(matrix: Tensor, metric: str) -> Iterator[tuple[int, int, int, int, Tensor]]:
-    """Yield upper blocks of the L2 or cosine distance matrix, each computed from one matmul."""
+def _gram_distance_blocks(
+    matrix: Tensor, metric: str, *, exact_symmetry: bool = True
+) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Yield upper blocks of the L2 or cosine distance matrix, each computed from one matmul.
+
+    With ``exact_symmetry`` a diagonal block is mirrored from its upper triangle (for matrices
+    shown to users); without, only its diagonal is zeroed, which is all row sums need.
+    """
     if metric == "l2":
         # Distances do not change under translation; centring first keeps the Gram form
         # ||a||² + ||b||² − 2ab from cancelling catastrophically for filters far from the origin.
@@ -91,11 +97,13 @@ def _gram_distance_blocks(matrix: Tensor, metric: str) -> Iterator[tuple[int, in
         else:
             dist = torch.addmm(torch.ones((), dtype=matrix.dtype, device=matrix.device), matrix[i0:i1], matrix[j0:j1].T, alpha=-1)
             dist = dist.clamp_(min=0, max=2)
-        if i0 == j0:
+        if i0 == j0 and exact_symmetry:
             # Rounding in the product can differ between (a, b) and (b, a): mirror the upper
             # triangle so the matrix is exactly symmetric and a self-distance exactly zero.
             upper = torch.triu(dist, diagonal=1)
             dist = upper + upper.T
+        elif i0 == j0:
+            dist.fill_diagonal_(0)
         yield i0, i1, j0, j1, dist
 
 
@@ -142,7 +150,7 @@ def fpgm_scores(weight: Tensor, metric: Metric = "l2", *, device: str | torch.de
             return _l1_scores(matrix)
         scores = torch.zeros(matrix.shape[0], dtype=torch.float64, device=matrix.device)
         # Each block's sums (≤ 4096 terms) are exact enough in float32; across blocks, float64.
-        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric):
+        for i0, i1, j0, j1, dist in _gram_distance_blocks(matrix, metric, exact_symmetry=False):
             scores[i0:i1] += dist.sum(dim=1)
             if j0 != i0:
                 scores[j0:j1] += dist.sum(dim=0)
