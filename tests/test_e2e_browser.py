@@ -148,6 +148,8 @@ def test_a_session_from_heatmap_to_download(page, tmp_path):
     slim_pt2.wait_for()
     idle(page)
     assert page.get_by_text("Verification passed").is_visible()
+    slim_pt2.scroll_into_view_if_needed()
+    shoot(page, "export-slim")
     with page.expect_download() as download:
         slim_pt2.click()
     pt2 = tmp_path / download.value.suggested_filename
