@@ -103,9 +103,21 @@ def _cmd_prune(args: argparse.Namespace) -> dict:
     plan, recipe_in = _plan_from_args(args, loaded)
     model = loaded.model
     layers = prunable_layers(model)
-    masks = plan_masks(model, plan, device=device)
-    counts = plan_counts(layers, plan, None) if plan.mode == "uniform" else {k: int((~v).sum()) for k, v in masks.items()}
+    group_consistent = args.group_consistent or bool(recipe_in and recipe_in.get("group_consistent"))
+    if group_consistent:
+        # Coupled layers lose the same channels, so the masked model computes what `slim` exports.
+        from .groups import group_masks
+
+        masks = group_masks(model, plan, input_shape=loaded.input_shape, device=device)
+    else:
+        masks = plan_masks(model, plan, device=device)
+    if plan.mode == "uniform" and not group_consistent:
+        counts = plan_counts(layers, plan, None)
+    else:
+        counts = {k: int((~v).sum()) for k, v in masks.items()}
     recipe = make_recipe(model, plan, counts, layers, arch=loaded.arch, weights=loaded.weights)
+    if group_consistent:
+        recipe["group_consistent"] = True
     if recipe_in is not None:
         # Replays keep the original recipe's settings, so the written recipe equals the one given.
         recipe = {**recipe_in, "model": recipe["model"], "fpgm_core_version": __version__}
@@ -162,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--mode", default="uniform", choices=("uniform", "global"), help="per-layer sparsity or global ranking")
     prune.add_argument("--max-layer-sparsity", type=_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
     prune.add_argument("--include-output", action="store_true", help="also prune the model's final classifier")
+    prune.add_argument(
+        "--group-consistent", action="store_true",
+        help="prune coupled layers (residual adds, depthwise convs) by dependency group, as `slim` does",
+    )
     prune.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
     prune.add_argument("--out", required=True, help="checkpoint to write: FILE.pt, FILE.pth or FILE.safetensors")
     prune.add_argument("--json", action="store_true", help="print a JSON summary naming the files written")

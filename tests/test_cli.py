@@ -141,3 +141,24 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_group_consistent_prune_follows_dependency_groups_and_replays(tmp_path, capsys):
+    from fpgm_core import SparsityPlan
+    from fpgm_core.groups import group_masks
+
+    out = tmp_path / "g.safetensors"
+    argv = ["prune", "--arch", "demo", "--weights", "default", "--sparsity", "0.5", "--group-consistent", "--out", out, "--json"]
+    assert run_cli(argv, capsys)[0] == 0
+    masks = load_file(tmp_path / "g.masks.safetensors")
+    model = build_model("demo", "default").model
+    expected = group_masks(model, SparsityPlan(sparsity=0.5), input_shape=(1, 1, 8, 8))
+    assert masks.keys() == expected.keys() and all(torch.equal(masks[k], expected[k]) for k in masks)
+    # The residual block's conv2 is coupled to the layer before the block: same channels pruned.
+    assert torch.equal(masks["layer1.conv2"], masks["conv1"])
+    recipe = json.loads((tmp_path / "g.recipe.json").read_text())
+    assert recipe["group_consistent"] is True
+    again = tmp_path / "again.pt"
+    assert run_cli(["prune", "--arch", "demo", "--weights", "default", "--recipe", tmp_path / "g.recipe.json", "--out", again], capsys)[0] == 0
+    replayed = torch.load(tmp_path / "again.masks.pt", weights_only=True)
+    assert replayed.keys() == masks.keys() and all(torch.equal(replayed[k], masks[k]) for k in masks)
