@@ -181,3 +181,20 @@ def test_slimming_the_default_model_serves_a_verified_pt2(new_app, downloads):
     program = torch.export.load(io.BytesIO(content(downloads, f"{STEM}-slim.pt2")))
     output = program.module()(torch.zeros(1, 1, 8, 8))
     assert output.shape[0] == 1 and torch.isfinite(output).all()
+
+
+def test_a_model_that_cannot_be_slimmed_names_the_layer_and_keeps_the_masked_export(new_app, downloads):
+    app = new_app("pages/model.py")
+    app.radio(key="source_kind").set_value("torchvision").run()
+    app.selectbox(key="tv_arch").set_value("shufflenet_v2_x0_5")
+    app.radio(key="tv_weights").set_value("none").run()
+    app.button[0].click().run()
+    assert not app.exception, app.exception
+    app.switch_page(EXPORT).run()
+    app.button(key="slim_button").click().run()
+    assert not app.exception, app.exception
+    errors = " ".join(error.value for error in app.error)
+    assert "stage" in errors and "branch2" in errors, errors  # the blocking layer is named
+    labels = [button.label for button in app.download_button]
+    assert any(label.endswith(".safetensors") for label in labels), labels  # masked export still offered
+    assert not any(label.endswith(".pt2") for label in labels)

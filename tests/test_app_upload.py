@@ -210,3 +210,42 @@ def test_upload_source_identity_is_the_content_digest(new_app):
     app = upload(app, "digits.pt", torch_bytes(weights))
     second: ModelSource = app.session_state["source"]
     assert first.weights == second.weights and first.digest != second.digest
+
+
+def _broken_uploads() -> dict[str, tuple[str, bytes, str]]:
+    weights = demo_weights()
+    nan = {k: v.clone() for k, v in weights.items()}
+    nan["down.weight"][0, 0, 0, 0] = float("nan")
+    inf = {k: v.clone() for k, v in weights.items()}
+    inf["fc.bias"][3] = float("inf")
+    missing = {k: v for k, v in weights.items() if k != "fc.bias"}
+    extra = {**weights, "head.weight": torch.zeros(3)}
+    misshaped = {**weights, "fc.weight": torch.zeros(5, 32)}
+    safetensors_bytes = save_safetensors(weights)
+    corrupt_header = b"\xff\xff\x00\x00\x00\x00\x00\x00" + safetensors_bytes[8:]
+    png = b"\x89PNG\r\n\x1a\n" + bytes(200)
+    return {
+        "zero-byte": ("empty.pt", b"", "empty"),
+        "truncated": ("cut.pt", torch_bytes(weights)[:500], "cut.pt"),
+        "renamed image": ("photo.pth", png, "photo.pth"),
+        "renamed text": ("notes.safetensors", b"hello world", "not a valid safetensors file"),
+        "corrupt safetensors header": ("bad.safetensors", corrupt_header, "not a valid safetensors file"),
+        "missing key": ("missing.pt", torch_bytes(missing), "missing keys: fc.bias"),
+        "extra key": ("extra.pt", torch_bytes(extra), "unexpected keys: head.weight"),
+        "mis-shaped key": ("shape.pt", torch_bytes(misshaped), "fc.weight (5, 32) vs (10, 32)"),
+        "nan weights": ("nan.safetensors", save_safetensors(nan), "NaN or Inf"),
+        "inf weights": ("inf.pt", torch_bytes(inf), "NaN or Inf"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_broken_uploads()))
+def test_broken_upload_leaves_the_session_model_and_plan_untouched(new_app, case):
+    filename, data, phrase = _broken_uploads()[case]
+    app = new_app(MODEL_PAGE)
+    app.run()
+    source_before = app.session_state["source"]
+    plan_before = {key: app.session_state[key] for key in ("sparsity_pct", "metric", "mode") if key in app.session_state}
+    app = upload(app, filename, data)
+    assert_refused(app, phrase)
+    assert app.session_state["source"] == source_before
+    assert {key: app.session_state[key] for key in plan_before} == plan_before
