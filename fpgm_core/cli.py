@@ -10,7 +10,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from ._version import __version__
 from .counting import estimate_pruned_costs
@@ -24,28 +24,55 @@ from .models import LoadedModel, build_model, classification_architectures
 from .plan import SparsityPlan, plan_counts, plan_masks
 from .recipe import make_recipe, model_fingerprint, plan_from_recipe, read_recipe
 
-__all__ = ["main", "build_parser", "add_model_arguments"]
+__all__ = [
+    "main",
+    "build_parser",
+    "add_model_arguments",
+    "add_plan_arguments",
+    "argument_type",
+    "parse_sparsity",
+    "parse_layer_override",
+    "plan_from_args",
+]
+
+T = TypeVar("T")
 
 # Modules that add sub-commands through ``register_cli(commands)``: evaluation and demo training,
 # slimmed export. Each sub-command sets ``run`` to a function returning its JSON-ready result.
 _COMMAND_MODULES = ("fpgm_core.cli_evaluate", "fpgm_core.cli_slim")
 
 
-def _layer_override(text: str) -> tuple[str, float]:
+def argument_type(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type`` from an engine check: its PlanError becomes argparse's usage error."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except PlanError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _check_layer_override(text: str) -> tuple[str, float]:
     name, sep, value = text.rpartition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY, got {text!r}")
-    try:
-        return name, check_sparsity(value, f"sparsity for layer {name!r}")
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+        raise PlanError(f"expected NAME=SPARSITY, got {text!r}")
+    return name, check_sparsity(value, f"sparsity for layer {name!r}")
 
 
-def _sparsity(text: str) -> float:
-    try:
-        return check_sparsity(text)
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+parse_sparsity = argument_type(check_sparsity)
+parse_layer_override = argument_type(_check_layer_override)
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The plan flags every pruning command shares: sparsity, per-layer overrides, recipe, metric, mode, cap."""
+    parser.add_argument("--sparsity", type=parse_sparsity, help="fraction of filters to prune, 0…1")
+    parser.add_argument("--layer", action="append", type=parse_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
+    parser.add_argument("--recipe", help="replay a recipe JSON written by an earlier export")
+    parser.add_argument("--metric", default="l2", choices=METRICS, help="filter distance (default l2)")
+    parser.add_argument("--mode", default="uniform", choices=("uniform", "global"), help="per-layer sparsity or global ranking")
+    parser.add_argument("--max-layer-sparsity", type=parse_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
@@ -77,7 +104,7 @@ def _cmd_layers(args: argparse.Namespace) -> dict:
     return {"arch": loaded.arch, "weights": loaded.weights, "layers": [layer.to_dict() for layer in layers]}
 
 
-def _plan_from_args(args: argparse.Namespace, loaded: LoadedModel) -> tuple[SparsityPlan, dict | None]:
+def plan_from_args(args: argparse.Namespace, loaded: LoadedModel) -> tuple[SparsityPlan, dict | None]:
     if args.recipe:
         if args.sparsity is not None or args.layer:
             raise PlanError("use either --recipe or --sparsity/--layer, not both")
@@ -100,7 +127,7 @@ def _cmd_prune(args: argparse.Namespace) -> dict:
     export_paths(args.out)  # reject a bad output name before any work
     device = resolve_device(args.device)
     loaded = build_model(args.arch, args.weights)
-    plan, recipe_in = _plan_from_args(args, loaded)
+    plan, recipe_in = plan_from_args(args, loaded)
     model = loaded.model
     layers = prunable_layers(model)
     group_consistent = args.group_consistent or bool(recipe_in and recipe_in.get("group_consistent"))
@@ -167,12 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="write a masked checkpoint, its masks and its recipe")
     add_model_arguments(prune, weights_required=True)
-    prune.add_argument("--sparsity", type=_sparsity, help="fraction of filters to prune, 0…1")
-    prune.add_argument("--layer", action="append", type=_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
-    prune.add_argument("--recipe", help="replay a recipe JSON written by an earlier export")
-    prune.add_argument("--metric", default="l2", choices=METRICS, help="filter distance (default l2)")
-    prune.add_argument("--mode", default="uniform", choices=("uniform", "global"), help="per-layer sparsity or global ranking")
-    prune.add_argument("--max-layer-sparsity", type=_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
+    add_plan_arguments(prune)
     prune.add_argument("--include-output", action="store_true", help="also prune the model's final classifier")
     prune.add_argument(
         "--group-consistent", action="store_true",

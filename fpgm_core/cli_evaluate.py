@@ -26,7 +26,7 @@ from .evaluation import (
     model_categories,
     predict,
 )
-from .cli import _layer_override, _sparsity
+from .cli import argument_type, parse_layer_override, parse_sparsity
 from .export import write_atomically
 from .layers import prunable_layers
 from .masks import check_sparsity
@@ -38,18 +38,8 @@ from .sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, 
 __all__ = ["register_cli"]
 
 
-def _sparsity_list(text: str) -> list[float]:
-    try:
-        return [check_sparsity(part) for part in text.split(",") if part.strip()]
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _criterion(text: str) -> str:
-    try:
-        return check_criterion(text)
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+_sparsity_list = argument_type(lambda text: [check_sparsity(part) for part in text.split(",") if part.strip()])
+_criterion = argument_type(check_criterion)
 
 
 
@@ -254,8 +244,8 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     """Add ``evaluate``, ``sweep``, ``sensitivity`` and ``demo-train`` to the CLI's sub-commands."""
     evaluate = commands.add_parser("evaluate", help="top-1 and fidelity of a pruned model on held-out images")
     _add_model_choice(evaluate)
-    evaluate.add_argument("--sparsity", type=_sparsity, help="fraction of filters pruned in every layer but the output, 0…1 (default 0)")
-    evaluate.add_argument("--layer", action="append", type=_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
+    evaluate.add_argument("--sparsity", type=parse_sparsity, help="fraction of filters pruned in every layer but the output, 0…1 (default 0)")
+    evaluate.add_argument("--layer", action="append", type=parse_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
     evaluate.add_argument("--recipe", help="prune exactly the counts of a recipe JSON")
     evaluate.add_argument("--criterion", type=_criterion, metavar="{" + ",".join(CRITERIA) + "}",
                           help="which filters to prune (default fpgm-l2, or the recipe's metric)")

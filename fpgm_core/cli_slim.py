@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import _layer_override, _plan_from_args, _sparsity, add_model_arguments
-from .distance import METRICS
+from .cli import add_model_arguments, add_plan_arguments, plan_from_args
 
 __all__ = ["register_cli"]
 
@@ -57,7 +56,7 @@ def _cmd_slim(args: argparse.Namespace) -> dict:
     fmt = slim_format(args.out)  # reject a bad output name before any work
     device = resolve_device(args.device)
     loaded = build_model(args.arch, args.weights)
-    plan, recipe_in = _plan_from_args(args, loaded)
+    plan, recipe_in = plan_from_args(args, loaded)
     if recipe_in is not None and recipe_in.get("model", {}).get("fingerprint") != model_fingerprint(loaded.model):
         print("warning: the recipe was made on different weights; the channels follow these weights", file=sys.stderr)
     result = slim_model(
@@ -111,12 +110,7 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
         ),
     )
     add_model_arguments(slim, weights_required=True)
-    slim.add_argument("--sparsity", type=_sparsity, help="fraction of filters to prune, 0…1")
-    slim.add_argument("--layer", action="append", type=_layer_override, metavar="NAME=S", help="per-layer sparsity (repeatable)")
-    slim.add_argument("--recipe", help="replay a recipe JSON written by an earlier export")
-    slim.add_argument("--metric", default="l2", choices=METRICS, help="filter distance (default l2)")
-    slim.add_argument("--mode", default="uniform", choices=("uniform", "global"), help="per-layer sparsity or global ranking")
-    slim.add_argument("--max-layer-sparsity", type=_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
+    add_plan_arguments(slim)
     slim.set_defaults(include_output=False)  # the classifier's outputs are the classes: never slimmed
     slim.add_argument("--device", default=None, help="where FPGM distances are computed (default: CUDA when present)")
     slim.add_argument("--out", required=True, help="file to write: FILE.pt2 (torch.export), FILE.onnx or FILE.pt (pickled module)")

@@ -12,18 +12,9 @@ import torch
 from safetensors.torch import load_file, save as save_safetensors
 
 from fpgm_core import build_model
-from fpgm_core.cli import main
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_layers_json_lists_the_demo_layers(capsys):

@@ -8,31 +8,15 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fpgm_core import build_model, prunable_layers, prune_count
-from fpgm_core.cli import main
+from cli_runner import run_cli
 from fpgm_core.demo import DEMO_CHECKPOINT, DEMO_METRICS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The demo's 8×8 convolutions are too small to split: on a busy machine two intra-op threads
-    # mostly wait for each other, so these tests run on one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+# The demo's 8×8 convolutions are too small to split across threads (see conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_json(argv, capsys) -> dict:

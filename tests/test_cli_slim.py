@@ -9,19 +9,10 @@ import pytest
 import torch
 
 from fpgm_core import build_model
-from fpgm_core.cli import main
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--repeats", "1", "--batch-sizes", "1,2", "--threads", "1"]
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_slim_json_holds_measurements_before_and_after_and_the_file_runs(tmp_path, capsys):
