@@ -2,17 +2,31 @@
 
 The bytes are built by the engine (``apply_masks`` on a copy, ``serialize_tensors``,
 ``make_recipe``/``recipe_json``), so a download equals what ``python -m fpgm_core prune`` writes.
+A file that cannot be built (memory, a library error partway through serialising) becomes an
+ExportError naming the file and the cause: :func:`build_file` for files built with the page,
+:func:`built_when_clicked` for those built only when their button is clicked. Nothing partial is
+served either way, and the model (only ever copied) and the plan are left as they were.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, MutableMapping
 
 import torch
 from torch import Tensor
 
-from fpgm_core import LayerInfo, LoadedModel, SparsityPlan, apply_masks, make_recipe, recipe_json, serialize_tensors
+from fpgm_core import (
+    ExportError,
+    FpgmError,
+    LayerInfo,
+    LoadedModel,
+    SparsityPlan,
+    apply_masks,
+    make_recipe,
+    recipe_json,
+    serialize_tensors,
+)
 
 from .sources import ModelSource
 
@@ -25,6 +39,8 @@ __all__ = [
     "weights_argument",
     "load_snippet",
     "cli_command",
+    "build_file",
+    "built_when_clicked",
 ]
 
 
@@ -96,3 +112,30 @@ def cli_command(loaded: LoadedModel, source: ModelSource) -> str:
         f"python -m fpgm_core prune --arch {loaded.arch} --weights {weights_argument(loaded, source)} "
         f"--recipe {stem}.recipe.json --out {stem}.safetensors"
     )
+
+
+def build_file(name: str, build: Callable[[], bytes]) -> bytes:
+    """``build()``, the bytes of the download ``name``; ExportError naming the file and the cause if it fails."""
+    try:
+        return build()
+    except Exception as exc:  # serialising can fail anywhere: memory, a full temporary disk, a library error
+        cause = str(exc) if isinstance(exc, FpgmError) else f"{type(exc).__name__}: {exc}"
+        raise ExportError(f"{name} could not be built ({cause}). Nothing was downloaded; the model and the plan "
+                          "are unchanged, so you can try again.") from exc
+
+
+def built_when_clicked(name: str, build: Callable[[], bytes], failures: MutableMapping[str, str]) -> Callable[[], bytes]:
+    """``build`` for a download built only when its button is clicked, outside any page run.
+
+    Streamlit then tells the browser only that the download failed, so the message is also kept in
+    ``failures`` (the session's), for the page to show on its next run.
+    """
+
+    def run() -> bytes:
+        try:
+            return build_file(name, build)
+        except ExportError as exc:
+            failures[name] = str(exc)
+            raise
+
+    return run

@@ -3,7 +3,9 @@
 A slim is cached as a resource by (model key, plan key), where the plan key is the plan's
 ``repr`` (the plan itself holds a dict). The slimmed model is shared by sessions: never modify
 it. Dependency groups are cached as data by model key. The exported files are built only when
-their download button is clicked (``serialize_model`` exports and checks each one).
+their download button is clicked (``serialize_model`` exports and checks each one). Slimming that
+stops on an unexpected error (memory, a library failure) raises :class:`SlimInterrupted`, which,
+unlike the SlimError of a model that cannot be slimmed, is worth retrying.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import pandas as pd
 import streamlit as st
 from torch import Tensor, nn
 
-from fpgm_core import SparsityPlan
+from fpgm_core import FpgmError, SparsityPlan
 from fpgm_core.groups import dependency_groups
-from fpgm_core.slim import SlimResult, serialize_model, slim_model
+from fpgm_core.slim import SlimError, SlimResult, serialize_model, slim_model
 
 from .cache import ModelKey
 from .summary import format_count
 
 __all__ = [
     "LATENCY_REPEATS",
+    "SlimInterrupted",
     "plan_key",
     "slimmed",
     "model_groups",
@@ -36,6 +39,10 @@ __all__ = [
 LATENCY_REPEATS = 3
 
 
+class SlimInterrupted(SlimError):
+    """Slimming stopped midway on an unexpected error: a matter of the moment, not of the model or plan."""
+
+
 def plan_key(plan: SparsityPlan) -> str:
     """A hashable stand-in for ``plan`` (equal plans give equal keys)."""
     return repr(plan)
@@ -47,8 +54,16 @@ def slimmed(
     _scores: Mapping[str, Tensor] | None, device: str,
 ) -> SlimResult:
     """The slimmed, verified and timed model of ``_plan``; raises SlimError (not cached) when it cannot be."""
-    return slim_model(_model, _plan, input_shape=input_shape, scores=_scores, device=device, verify=True,
-                      latency_repeats=LATENCY_REPEATS)
+    try:
+        return slim_model(_model, _plan, input_shape=input_shape, scores=_scores, device=device, verify=True,
+                          latency_repeats=LATENCY_REPEATS)
+    except FpgmError:
+        raise
+    except Exception as exc:  # slim_model cuts a copy, so the model is intact whatever stopped it
+        raise SlimInterrupted(
+            f"Slimming stopped midway ({type(exc).__name__}: {exc}). The model and the plan are unchanged; "
+            "press the button to try again."
+        ) from exc
 
 
 @st.cache_data(max_entries=8, show_spinner="Tracing the model's dependency groups…")

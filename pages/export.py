@@ -1,6 +1,7 @@
 """Export page: download the masked checkpoint, its masks and recipe; the code that loads and reproduces it."""
 
 from functools import partial
+from typing import Callable
 
 import streamlit as st
 
@@ -14,7 +15,7 @@ from dashboard.state import (
     plan_summary,
     require_entry,
 )
-from fpgm_core import PlanError, SparsityPlan
+from fpgm_core import ExportError, PlanError, SparsityPlan
 from fpgm_core.slim import PT_PICKLE_NOTE, SlimError
 
 
@@ -36,28 +37,21 @@ def page() -> None:
     columns = st.columns(3, gap="large")
     with columns[0]:
         st.markdown("**Masked checkpoint**")
-        for fmt, mime in (("safetensors", "application/octet-stream"), ("pt", "application/octet-stream")):
-            st.download_button(
-                f"{stem}.{fmt}", partial(exports.checkpoint_bytes, loaded, summary.masks, fmt), file_name=f"{stem}.{fmt}",
-                mime=mime, on_click="ignore", icon=":material/download:", key=f"download_checkpoint_{fmt}",
-            )
+        for fmt in ("safetensors", "pt"):
+            _download(f"{stem}.{fmt}", partial(exports.checkpoint_bytes, loaded, summary.masks, fmt),
+                      f"download_checkpoint_{fmt}", when_clicked=True)
     with columns[1]:
         st.markdown("**Masks** (layer → keep)")
         for fmt in ("safetensors", "pt"):
-            st.download_button(
-                f"{stem}.masks.{fmt}", exports.masks_bytes(summary.masks, fmt), file_name=f"{stem}.masks.{fmt}",
-                mime="application/octet-stream", on_click="ignore", icon=":material/download:", key=f"download_masks_{fmt}",
-            )
+            _download(f"{stem}.masks.{fmt}", partial(exports.masks_bytes, summary.masks, fmt), f"download_masks_{fmt}")
     with columns[2]:
         st.markdown("**Recipe**")
-        recipe = exports.recipe_bytes(loaded, source, plan, summary.counts, active.layers)
-        st.download_button(f"{stem}.recipe.json", recipe, file_name=f"{stem}.recipe.json", mime="application/json",
-                           on_click="ignore", icon=":material/download:", key="download_recipe")
+        _download(f"{stem}.recipe.json", partial(exports.recipe_bytes, loaded, source, plan, summary.counts, active.layers),
+                  "download_recipe", mime="application/json")
         if source.kind == "upload" and source.upload_format != "state_dict":
             name = exports.weights_argument(loaded, source)
-            st.download_button(f"{name} (unpruned weights)", partial(exports.original_weights_bytes, loaded), file_name=name,
-                               mime="application/octet-stream", on_click="ignore", icon=":material/download:",
-                               key="download_original")
+            _download(name, partial(exports.original_weights_bytes, loaded), "download_original", when_clicked=True,
+                      label=f"{name} (unpruned weights)")
             st.caption("The command line needs the weights as a state_dict file: this is your upload's.")
     st.subheader("Load it")
     fmt = st.radio("Checkpoint format", ["safetensors", "pt"], horizontal=True, key="snippet_format", label_visibility="collapsed")
@@ -88,6 +82,10 @@ def _slim_section(active: ActiveModel, plan: SparsityPlan, stem: str) -> None:
     scores = cache.scores_as_tensors(cache.all_layer_scores(active.model, active.key, plan.metric, active.device))
     try:
         result = slimming.slimmed(active.model, active.key, request[1], plan, tuple(loaded.input_shape), scores, active.device)
+    except slimming.SlimInterrupted as exc:
+        session.slim_request = None  # not remembered: the button tries again
+        _slim_failed(str(exc))
+        return
     except SlimError as exc:
         failures[request] = str(exc)
         _slim_failed(str(exc))
@@ -115,15 +113,30 @@ def _slim_section(active: ActiveModel, plan: SparsityPlan, stem: str) -> None:
     st.markdown("**Slimmed model**")
     columns = st.columns(3, gap="large")
     for column, fmt in zip(columns, (".pt2", ".onnx", ".pt")):
-        name = slimming.file_name(stem, fmt)
         with column:
-            st.download_button(
-                name, partial(slimming.file_bytes, result.model, fmt, tuple(loaded.input_shape)), file_name=name,
-                mime="application/octet-stream", on_click="ignore", icon=":material/download:", key=f"download_slim_{fmt[1:]}",
-            )
+            _download(slimming.file_name(stem, fmt), partial(slimming.file_bytes, result.model, fmt, tuple(loaded.input_shape)),
+                      f"download_slim_{fmt[1:]}", when_clicked=True)
     st.caption("`.pt2` loads with `torch.export.load`, `.onnx` with onnxruntime; both are checked against the slimmed "
                "model before they are served.")
     st.caption(f"**.pt:** {PT_PICKLE_NOTE}.")
+
+
+def _download(name: str, build: Callable[[], bytes], key: str, *, when_clicked: bool = False, label: str | None = None,
+              mime: str = "application/octet-stream") -> None:
+    """A download button for the file ``name``; a file that cannot be built says why, never with a traceback.
+
+    ``when_clicked`` builds the file only when the button is clicked (large files); a failure then
+    shows here on the page's next run.
+    """
+    failures = st.session_state.setdefault("export_failures", {})
+    if name in failures:
+        st.error(failures.pop(name))
+    try:
+        data = exports.built_when_clicked(name, build, failures) if when_clicked else exports.build_file(name, build)
+    except ExportError as exc:
+        st.error(str(exc))
+        return
+    st.download_button(label or name, data, file_name=name, mime=mime, on_click="ignore", icon=":material/download:", key=key)
 
 
 def _slim_failed(message: str) -> None:

@@ -82,10 +82,12 @@ def _heatmap(active, layer: LayerInfo, metric: str, by_score: bool, keep: np.nda
 def _heatmap_caption(filters: int, mode: str, pruned: int, group: int) -> str:
     strips = f"The red strips along the top and left mark the {pruned} pruned filters."
     if group > 1:
+        pixels = -(-filters // group)
         return (
-            f"{filters} filters: too many to hold all {filters * filters:,} distances, so the matrix is shown by "
-            f"blocks: each pixel is the mean distance between two groups of {group} consecutive filters (in the "
-            f"chosen order), from `fpgm_core.pooled_distance_matrix`, drawn as one image. {strips}"
+            f"**Reduced view** of {filters} filters: too many to hold all {filters * filters:,} distances, so the "
+            f"matrix is shown as {pixels}×{pixels} blocks: each pixel is the mean distance between two groups of "
+            f"{group} consecutive filters (in the chosen order), from `fpgm_core.pooled_distance_matrix`, drawn as "
+            f"one image; single filter pairs are not shown. {strips}"
         )
     if mode == "image":
         return (
