@@ -6,8 +6,11 @@ session's state once, and shows what the session is working on in the sidebar.
 
 import streamlit as st
 
+from dashboard import download_grace
 from dashboard.state import current_plan, follow_deep_link, init_state, plan_description
 
+# Files built when a download button is clicked must survive other sessions' cleanup until fetched.
+download_grace.install()
 st.set_page_config(layout="wide", page_title="FPGM dashboard", page_icon=":material/content_cut:")
 init_state()
 

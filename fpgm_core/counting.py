@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import PRUNABLE_TYPES
+from .tracing import MODEL_LOCK, fx_graph
 
 __all__ = ["CostSummary", "count_parameters", "layer_flops", "count_flops", "input_producers", "estimate_pruned_costs"]
 
@@ -58,7 +59,8 @@ def count_parameters(model: nn.Module) -> int:
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu") -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass on zeros of ``input_shape``, and FLOPs per module name."""
     sample = torch.zeros(input_shape, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # The counter hooks every module's forward process-wide: no other forward may run meanwhile.
+    with MODEL_LOCK, torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(sample)
     per_module = {}
     for key, by_op in counter.get_flop_counts().items():
@@ -79,9 +81,8 @@ def input_producers(model: nn.Module) -> dict[str, str]:
     Only direct chains through channel-wise modules count; found with torch.fx, empty if the
     model cannot be traced.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # untraceable models get no input-side estimate
+    graph = fx_graph(model)
+    if graph is None:  # untraceable models get no input-side estimate
         return {}
     modules = dict(model.named_modules())
     producers = {}

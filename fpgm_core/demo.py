@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 
+from .tracing import MODEL_LOCK
+
 __all__ = [
     "DEMO_CHECKPOINT",
     "DEMO_CLASSES",
@@ -172,7 +174,8 @@ def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         correct = 0
         with torch.no_grad():
             for start in range(0, len(y), batch_size):
-                logits = model(x[start : start + batch_size].to(device))
+                with MODEL_LOCK:
+                    logits = model(x[start : start + batch_size].to(device))
                 pred = logits.argmax(dim=1).cpu()
                 correct += int((pred == y[start : start + batch_size]).sum())
         return correct
@@ -252,7 +255,8 @@ def train_demo(
                     raise TrainingCancelled(f"training stopped at epoch {epoch} of {epochs}")
                 idx = order[start : start + _BATCH_SIZE]
                 xb = _random_shift(split.train_x[idx], gen)
-                loss = F.cross_entropy(model(xb), split.train_y[idx])
+                with MODEL_LOCK:
+                    loss = F.cross_entropy(model(xb), split.train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

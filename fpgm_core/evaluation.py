@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .errors import FpgmError
 from .masking import apply_masks, check_masks
+from .tracing import MODEL_LOCK
 
 __all__ = [
     "MAX_ZIP_ENTRIES",
@@ -304,7 +305,9 @@ def predict(
             for start in range(0, len(images), batch_size):
                 if should_stop is not None and should_stop():
                     raise EvaluationCancelled("evaluation stopped")
-                outputs.append(model(images[start : start + batch_size].to(device)).float().cpu())
+                # Per batch, so that long evaluations let other sessions' model work in between.
+                with MODEL_LOCK:
+                    outputs.append(model(images[start : start + batch_size].to(device)).float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, 0)
     finally:
         if was_training:

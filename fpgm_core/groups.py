@@ -42,6 +42,7 @@ from .layers import PRUNABLE_TYPES, output_layer_name, prunable_layers
 from .masking import apply_masks, following_batchnorms
 from .masks import prune_count
 from .plan import SparsityPlan, layer_scores, plan_counts
+from .tracing import holding_model_lock
 
 __all__ = [
     "GroupError",
@@ -268,6 +269,7 @@ def _failing_operation(exc: BaseException, names: Mapping[Any, str]) -> str | No
     return f"blocked at a {operation} operation"
 
 
+@holding_model_lock
 def analyse_groups(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True) -> GroupAnalysis:
     """Trace a COPY of ``model`` with Torch-Pruning and list its groups; the model is left untouched.
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .errors import PlanError
 from .layers import PRUNABLE_TYPES, filter_index, prunable_layers
+from .tracing import fx_graph
 
 __all__ = ["following_batchnorms", "apply_masks", "check_masks"]
 
@@ -28,9 +29,8 @@ def following_batchnorms(model: nn.Module) -> dict[str, str]:
     a BatchNorm registered right after a layer, with as many features as it has outputs — true
     of every Conv→BN pair in torchvision but not a proof of data flow, hence only the fallback.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # fx raises many types for untraceable control flow
+    graph = fx_graph(model)
+    if graph is None:
         return _batchnorms_by_order(model)
     modules = dict(model.named_modules())
     found = {}

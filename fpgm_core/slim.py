@@ -38,6 +38,7 @@ from .groups import GroupError, GroupSelection, select_group_channels
 from .layers import PRUNABLE_TYPES
 from .masking import apply_masks
 from .plan import SparsityPlan
+from .tracing import holding_model_lock
 
 __all__ = [
     "SLIM_FORMATS",
@@ -255,6 +256,7 @@ def _threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+@holding_model_lock
 def measure_latency(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],
@@ -308,6 +310,7 @@ def _verify(original: nn.Module, slimmed: nn.Module, masks: Mapping[str, Tensor]
     return float((output - reference).abs().max()), tolerance
 
 
+@holding_model_lock
 def slim_model(
     model: nn.Module,
     plan: SparsityPlan,
@@ -493,6 +496,7 @@ def _run_file(fmt: str, data: bytes, x: Tensor) -> Tensor:
     return torch.load(io.BytesIO(data), weights_only=False)(x)
 
 
+@holding_model_lock
 def serialize_model(model: nn.Module, fmt: str, *, input_shape: tuple[int, ...], check: bool = True) -> ModelFile:
     """The bytes of ``model`` as a ``.pt2``, ``.onnx`` or ``.pt`` file, loaded back and checked.
 

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app.py"
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]
+from load_sessions import APP, CHROMIUM, CHROMIUM_ARGS, Server, ServerError, running_dashboard
 
 
 @pytest.fixture
@@ -45,12 +35,6 @@ def new_app():
     return start
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _skip_or_fail(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: the browser tests must run in CI)")
@@ -58,66 +42,57 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def _running_server(log: Path):
-    """``streamlit run app.py`` on a free localhost port: yields its base URL, then stops it."""
-    port = _free_port()
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+def _running_server(log: Path) -> Iterator[Server]:
+    """A dashboard server on a free localhost port; a server that does not start fails the test."""
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"streamlit did not answer on {url} within 90 s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.25)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        with running_dashboard(log) as server:
+            yield server
+    except ServerError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def streamlit_server(tmp_path_factory):
     """Base URL of one dashboard server shared by the browser tests."""
-    with _running_server(tmp_path_factory.mktemp("streamlit") / "server.log") as url:
-        yield url
+    with _running_server(tmp_path_factory.mktemp("streamlit") / "server.log") as server:
+        yield server.url
 
 
 @pytest.fixture
-def fresh_streamlit_server(tmp_path):
+def fresh_dashboard(tmp_path) -> Iterator[Server]:
+    """A dashboard server that no session has visited yet: its URL, process id and log."""
+    with _running_server(tmp_path / "server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_streamlit_server(fresh_dashboard):
     """Base URL of a dashboard server that no session has visited yet."""
-    with _running_server(tmp_path / "server.log") as url:
-        yield url
+    return fresh_dashboard.url
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Headless system Chromium driven by Playwright."""
+def chromium() -> Path:
+    """The system Chromium and Playwright, present (else a skip, or a failure in CI)."""
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright  # noqa: F401
     except ImportError:
         _skip_or_fail("playwright is not installed")
     if not CHROMIUM.exists():
         _skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set $CHROMIUM)")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium):
+    """Headless system Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         try:
-            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            chromium = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         except Exception as exc:  # a broken install fails here with Playwright's own error types
-            _skip_or_fail(f"Chromium at {CHROMIUM} did not start: {exc}")
+            _skip_or_fail(f"Chromium at {chromium} did not start: {exc}")
         yield chromium
         chromium.close()
 

@@ -67,6 +67,9 @@ def test_blocked_and_chunked_paths_equal_one_block(metric, monkeypatch):
     whole_matrix = distance_matrix(weight, metric, device="cpu")
     monkeypatch.setattr(distance, "_CPU_BLOCK", 8)
     monkeypatch.setattr(distance, "_MIN_BLOCK", 8)
+    # Strips of 7 rows: several strips, the last one short, none a divisor of 53.
+    monkeypatch.setattr(distance, "_CPU_STRIP_ROWS", 7)
+    monkeypatch.setattr(distance, "_CPU_SMALL_STRIP_ROWS", 7)
     monkeypatch.setattr(distance, "_L1_CHUNK_ELEMENTS", 53 * 3)
     torch.testing.assert_close(fpgm_scores(weight, metric, device="cpu"), whole_scores)
     if metric != "l1":
