@@ -4,7 +4,7 @@ A filter is one slice of a weight along dim 0, flattened (as in PyTorch's FPGMPr
 the smallest summed distance lie nearest the geometric median and are the most replaceable.
 
 Why not ``torch.cdist`` as the reference does: the L2 matrix is symmetric and its Gram form is a
-matrix product, so only the upper strips are computed, in bounded-size pieces (a 32768-filter layer
+matrix product, so only the upper half is computed, in bounded-size pieces (a 32768-filter layer
 never materialises its 4 GB matrix); the L1 row sums need no matrix at all (per coordinate, sorted
 values and prefix sums give every filter's sum of absolute differences in O(N log N)).
 """
@@ -33,14 +33,17 @@ Metric = Union[str, Callable[[Tensor], Tensor]]
 _CPU_BLOCK = 256
 _GPU_BLOCK = 4096
 _MIN_BLOCK = 64
-# Rows per strip for scores, which need row sums only: strip i holds rows i0:i1 against columns
-# i0:N, one matrix product each, so the computed share is (k + 1) / 2k for k strips — close to half
-# with thin strips — while each product stays wide enough for BLAS. Measured on resnet50 (2-core
-# CPU): 64–128 rows beat square blocks of 256 by ~40 %; 32 rows lose to per-call overhead. A strip
-# is at most rows × N floats (128 × 32768 × 4 B = 16 MB on CPU, 1024 × 32768 × 4 B = 128 MB on GPU).
-_CPU_STRIP_ROWS = 128
-_CPU_SMALL_STRIP_ROWS = 64
-_GPU_STRIP_ROWS = 1024
+# Scores need row sums only, so they split the filters in halves recursively: the block between
+# two halves is computed once and gives row sums to both (its mirror below the diagonal is never
+# formed), and the halves recurse down to square leaves. The computed share is 1/2 + leaf/2N, in
+# large matrix products — on resnet50 (2-core CPU) 2.5× the reference's speed, against 1.9× for
+# 64-row strips (thin products are slow when filters are long, e.g. 512 × 4608) and 1.6× for 256²
+# blocks. Off-diagonal blocks are computed in tiles of at most _TILE rows, bounding memory: a tile
+# is at most rows × N/2 floats (512 × 16384 × 4 B = 32 MB on CPU for 32768 filters; 128 MB on GPU).
+_CPU_LEAF = 128
+_CPU_TILE = 512
+_GPU_LEAF = 1024
+_GPU_TILE = 2048
 # Elements per column chunk in the L1 sort: small enough to stay in cache, and bounding memory
 # whatever the layer's size.
 _L1_CHUNK_ELEMENTS = 1 << 16
@@ -117,29 +120,27 @@ def _gram_distance_blocks(matrix: Tensor, metric: str) -> Iterator[tuple[int, in
         yield i0, i1, j0, j1, dist
 
 
-def _strip_rows(n: int, device: torch.device) -> int:
-    """Rows per strip when summing an n-filter layer's distances on ``device``."""
-    if device.type != "cpu":
-        return _GPU_STRIP_ROWS
-    return _CPU_STRIP_ROWS if n > 4 * _CPU_STRIP_ROWS else _CPU_SMALL_STRIP_ROWS
-
-
 def _gram_scores(matrix: Tensor, metric: str) -> Tensor:
-    """Row sums of the L2 or cosine distance matrix, from its upper strips only."""
+    """Row sums of the L2 or cosine distance matrix from its upper half, by recursive halving."""
     n = matrix.shape[0]
     matrix, squared_norms = _gram_form(matrix, metric)
     scores = torch.zeros(n, dtype=torch.float64, device=matrix.device)
-    rows = _strip_rows(n, matrix.device)
-    for i0 in range(0, n, rows):
-        i1 = min(i0 + rows, n)
-        strip = _gram_block(matrix, squared_norms, i0, i1, i0, n)
-        # The strip's first square is the whole diagonal block (both triangles): its row sums are
-        # complete for rows i0:i1. Everything right of it stands for its mirror below the diagonal.
-        strip[:, : i1 - i0].fill_diagonal_(0)
-        # Each strip's sums (≤ N terms) are exact enough in float32; across strips, float64.
-        scores[i0:i1] += strip.sum(dim=1)
-        if i1 < n:
-            scores[i1:] += strip[:, i1 - i0 :].sum(dim=0)
+    leaf, tile = (_CPU_LEAF, _CPU_TILE) if matrix.device.type == "cpu" else (_GPU_LEAF, _GPU_TILE)
+    # Each block's sums (≤ N terms) are exact enough in float32; across blocks, float64.
+    pending = [(0, n)]
+    while pending:
+        lo, hi = pending.pop()
+        if hi - lo <= leaf:
+            square = _gram_block(matrix, squared_norms, lo, hi, lo, hi)
+            scores[lo:hi] += square.fill_diagonal_(0).sum(dim=1)
+            continue
+        mid = (lo + hi) // 2
+        for r0 in range(lo, mid, tile):
+            r1 = min(r0 + tile, mid)
+            between = _gram_block(matrix, squared_norms, r0, r1, mid, hi)
+            scores[r0:r1] += between.sum(dim=1)
+            scores[mid:hi] += between.sum(dim=0)
+        pending += [(lo, mid), (mid, hi)]
     return scores
 
 
@@ -154,12 +155,14 @@ def _sort_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     """
     if rows.device.type != "cpu" or rows.dtype != torch.float32:
         return rows.sort(dim=1)
-    bits = rows.numpy().view(np.int32)
-    # Negative floats order backwards as integers: flipping all but the sign bit puts them right.
-    ordered_bits = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
-    keys = (ordered_bits << 32) | np.arange(rows.shape[1], dtype=np.int64)
-    keys.sort(axis=1)
-    order = torch.from_numpy(keys & 0xFFFFFFFF)
+    keys = rows.view(torch.int32).to(torch.int64)
+    # Negative floats order backwards as integers: flipping all but the sign bit puts them right
+    # ((k >> 31) is −1 exactly for negative k, so the mask is 0x7FFFFFFF there and 0 elsewhere).
+    keys ^= (keys >> 31) & 0x7FFFFFFF
+    keys <<= 32
+    keys |= torch.arange(rows.shape[1], dtype=torch.int64)
+    keys.numpy().sort(axis=1)  # in place, on the tensor's memory
+    order = keys & 0xFFFFFFFF
     return rows.gather(1, order), order
 
 

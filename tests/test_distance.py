@@ -67,13 +67,24 @@ def test_blocked_and_chunked_paths_equal_one_block(metric, monkeypatch):
     whole_matrix = distance_matrix(weight, metric, device="cpu")
     monkeypatch.setattr(distance, "_CPU_BLOCK", 8)
     monkeypatch.setattr(distance, "_MIN_BLOCK", 8)
-    # Strips of 7 rows: several strips, the last one short, none a divisor of 53.
-    monkeypatch.setattr(distance, "_CPU_STRIP_ROWS", 7)
-    monkeypatch.setattr(distance, "_CPU_SMALL_STRIP_ROWS", 7)
+    # Leaves of at most 5 filters and tiles of 3 rows: several levels of halving, short last tiles.
+    monkeypatch.setattr(distance, "_CPU_LEAF", 5)
+    monkeypatch.setattr(distance, "_CPU_TILE", 3)
     monkeypatch.setattr(distance, "_L1_CHUNK_ELEMENTS", 53 * 3)
     torch.testing.assert_close(fpgm_scores(weight, metric, device="cpu"), whole_scores)
     if metric != "l1":
         torch.testing.assert_close(distance_matrix(weight, metric, device="cpu"), whole_matrix)
+
+
+def test_l1_sort_orders_signed_zeros_subnormals_and_extremes():
+    # The CPU sort packs each float32's bits into an integer key: every kind of float must keep its order.
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 3e38, -3e38, 1.0, -1.0, 1.0, 0.5, -2.5])
+    weight = torch.stack([special.roll(k) for k in range(len(special))]).T.contiguous()  # 13 filters × 13
+    expected = torch.cdist(weight.double(), weight.double(), p=1).sum(1)
+    torch.testing.assert_close(fpgm_scores(weight, "l1", device="cpu"), expected, rtol=1e-12, atol=0)
+    values, order = distance._sort_rows(weight)
+    torch.testing.assert_close(values, weight.sort(dim=1).values, rtol=0, atol=0)
+    assert torch.equal(weight.gather(1, order), values)
 
 
 def test_l1_scores_exact_with_repeated_values():
