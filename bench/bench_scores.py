@@ -3,7 +3,8 @@
     python bench/bench_scores.py [--device cpu|cuda] [--repeats 3] [--json FILE]
 
 Speed: every Conv2d of torchvision resnet50 (random init, seed 0), whole-model scoring with the
-seed's ``_compute_distance`` and with ``fpgm_core.fpgm_scores``, median of repeats, per metric.
+seed's ``_compute_distance`` and with ``fpgm_core.fpgm_scores``, run alternately, median of repeats,
+per metric.
 Memory: one layer of 32768 filters × 512 inputs, peak memory above the weight for each, measured
 in a fresh process (CPU: peak RSS via /proc; CUDA: max_memory_allocated).
 """
@@ -38,15 +39,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, repeats: int, device: str) -> tuple[float, object]:
-    times, result = [], None
+def _time_pair(seed_fn, ours_fn, repeats: int, device: str) -> tuple[float, float, object, object]:
+    """Median milliseconds of the reference and of ours, run alternately so that both see the same
+    machine: on a small shared machine the speed drifts by 20–40 % within a minute."""
+    times: dict[str, list[float]] = {"seed": [], "ours": []}
+    results: dict[str, object] = {}
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), result
+        for label, fn in (("seed", seed_fn), ("ours", ours_fn)):
+            _sync(device)
+            start = time.perf_counter()
+            results[label] = fn()
+            _sync(device)
+            times[label].append((time.perf_counter() - start) * 1000)
+    return statistics.median(times["seed"]), statistics.median(times["ours"]), results["seed"], results["ours"]
 
 
 def speed_rows(device: str, repeats: int) -> list[dict]:
@@ -59,8 +64,11 @@ def speed_rows(device: str, repeats: int) -> list[dict]:
     for metric in ("l2", "l1"):
         pruner = _seed_pruner(metric)
         fpgm_scores(weights[0], metric, device=device)  # warm-up (lazy init, CUDA context)
-        seed_ms, seed_out = _time(lambda: [pruner._compute_distance(w) for w in weights], repeats, device)
-        ours_ms, ours_out = _time(lambda: [fpgm_scores(w, metric, device=device) for w in weights], repeats, device)
+        seed_ms, ours_ms, seed_out, ours_out = _time_pair(
+            lambda: [pruner._compute_distance(w) for w in weights],
+            lambda: [fpgm_scores(w, metric, device=device) for w in weights],
+            repeats, device,
+        )
         worst = max(float(((o - s.double()).abs() / s.double().abs()).max()) for o, s in zip(ours_out, seed_out))
         rows.append({"model": f"resnet50 ({len(weights)} Conv2d)", "metric": metric, "device": device,
                      "seed_ms": seed_ms, "ours_ms": ours_ms, "speedup": seed_ms / ours_ms, "max_rel_diff": worst})
