@@ -119,10 +119,11 @@ def _summary() -> None:
     columns[0].metric("Parameters", format_count(count_parameters(active.model)))
     columns[1].metric("FLOPs / forward", format_count(flops),
                       help=f"torch.utils.flop_counter on an input of {loaded.input_shape}")
-    columns[2].metric("Prunable layers", f"{len(active.layers)}", help=f"{filters:,} filters in all")
-    columns[3].metric("Input", "×".join(str(d) for d in loaded.input_shape))
-    st.caption(f"Device `{active.device}` · FLOPs count a multiply-add as 2 · the last layer is the classifier, "
-               "left out of plans unless included.")
+    columns[2].metric("Prunable layers", f"{len(active.layers)}")
+    # The input shape is a caption, not a metric: "3×224×224" is wider than a metric column.
+    columns[3].metric("Filters", f"{filters:,}", help="Output channels (or features) of all prunable layers together.")
+    st.caption(f"Input `{'×'.join(str(d) for d in loaded.input_shape)}` · device `{active.device}` · FLOPs count a "
+               "multiply-add as 2 · the last layer is the classifier, left out of plans unless included.")
     rows = [
         {
             "layer": layer.name, "type": layer.type, "weight shape": " × ".join(map(str, layer.weight_shape)),

@@ -27,8 +27,10 @@ def test_default_model_loads_with_its_summary(new_app):
     model = fpgm_core.build_model(DEFAULT_SOURCE.arch, DEFAULT_SOURCE.weights).model
     layers = fpgm_core.prunable_layers(model)
     assert metrics["Prunable layers"] == str(len(layers))
+    assert metrics["Filters"] == f"{sum(layer.filters for layer in layers):,}"
     assert metrics["Parameters"].endswith("k") or metrics["Parameters"].endswith("M")
     assert "FLOPs / forward" in metrics
+    assert any("Input `1×1×8×8`" in caption.value for caption in app.caption)
     table = app.dataframe[0].value
     assert list(table["layer"]) == [layer.name for layer in layers]
     assert list(table["filters"]) == [layer.filters for layer in layers]
