@@ -33,7 +33,7 @@ def _file_id(url: str) -> str:
 
 def install() -> None:
     """Patch MediaFileManager once per process (idempotent): clicked files outlive the sweep for GRACE_S."""
-    if getattr(MediaFileManager, "_fpgm_grace_installed", False):
+    if "_fpgm_unpatched" in vars(MediaFileManager):
         return
     execute_deferred, delete_file = MediaFileManager.execute_deferred, MediaFileManager._delete_file
 
@@ -53,5 +53,5 @@ def install() -> None:
 
     MediaFileManager.execute_deferred = execute_deferred_with_grace
     MediaFileManager._delete_file = delete_file_after_grace
-    MediaFileManager._fpgm_grace_installed = True
+    # Also the mark that the patch is in: Streamlit's own methods, kept for tests.
     MediaFileManager._fpgm_unpatched = (execute_deferred, delete_file)

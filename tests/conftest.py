@@ -90,11 +90,11 @@ def browser(chromium):
 
     with sync_playwright() as playwright:
         try:
-            chromium = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+            launched = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         except Exception as exc:  # a broken install fails here with Playwright's own error types
             _skip_or_fail(f"Chromium at {chromium} did not start: {exc}")
-        yield chromium
-        chromium.close()
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(scope="module")

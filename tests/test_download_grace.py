@@ -22,7 +22,7 @@ def _unpatched(monkeypatch) -> None:
     )
     monkeypatch.setattr(MediaFileManager, "execute_deferred", execute_deferred)
     monkeypatch.setattr(MediaFileManager, "_delete_file", delete_file)
-    monkeypatch.setattr(MediaFileManager, "_fpgm_grace_installed", False, raising=False)
+    monkeypatch.delattr(MediaFileManager, "_fpgm_unpatched", raising=False)
 
 
 def test_unpatched_streamlit_deletes_a_clicked_file_after_two_sweeps(monkeypatch):

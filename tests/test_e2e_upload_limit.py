@@ -13,17 +13,12 @@ import tomllib
 import urllib.parse
 import uuid
 
-import pytest
 from safetensors.torch import save_file
 
 from load_sessions import ROOT, session_weights
+from test_e2e_browser import TIMEOUT_MS, idle
 
-TIMEOUT_MS = 90_000
 LIMIT_MB = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
-
-
-def _idle(page) -> None:
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
 
 
 def _put_status(url: str, headers: dict[str, str], declared_bytes: int) -> int:
@@ -58,9 +53,9 @@ def test_a_file_over_the_upload_limit_is_refused_and_the_session_goes_on(browser
         page.on("request", lambda request: "/upload_file/" in request.url and request.method == "PUT"
                 and uploads.append((request.url, request.all_headers())))
         page.goto(f"{streamlit_server}/model")
-        _idle(page)
+        idle(page)
         page.get_by_text("Upload a file", exact=True).click()
-        _idle(page)
+        idle(page)
         dropzone = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
         load = page.get_by_role("button", name="Load the uploaded weights")
 
@@ -83,10 +78,10 @@ def test_a_file_over_the_upload_limit_is_refused_and_the_session_goes_on(browser
         assert _put_status(session_url, credentials, (LIMIT_MB + 1) * 2**20) == 413
         assert _put_status(session_url, {"cookie": credentials.get("cookie", "")}, 1024) == 403  # no XSRF token
 
-        _idle(page)
+        idle(page)
         load.click()
         page.locator('[data-testid="stAlertContentSuccess"]', has_text="Loaded small.safetensors").wait_for()
-        _idle(page)
+        idle(page)
         assert page.locator('[data-testid="stSidebar"]').get_by_text("demo · uploaded small.safetensors").is_visible()
         assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
     finally:
