@@ -1,8 +1,13 @@
-"""Error types the engine raises for bad input, so callers can show a message, not a traceback."""
+"""Error and warning types of the engine, so callers can show a message, not a traceback.
+
+Errors are bad input the engine refuses. Warnings (``warnings.warn`` with an :class:`FpgmWarning`)
+are results the engine still returns but the user should hear about: the CLI prints them as
+``warning: …`` lines, the dashboard shows them on the page.
+"""
 
 from __future__ import annotations
 
-__all__ = ["FpgmError", "ModelLoadError", "PlanError", "ExportError"]
+__all__ = ["FpgmError", "ModelLoadError", "PlanError", "ExportError", "FpgmWarning", "RecipeMismatchWarning"]
 
 
 class FpgmError(ValueError):
@@ -19,3 +24,11 @@ class PlanError(FpgmError):
 
 class ExportError(FpgmError):
     """An export could not be written; nothing was left behind."""
+
+
+class FpgmWarning(UserWarning):
+    """Base class of the engine's warnings: the result stands, but the user should know something about it."""
+
+
+class RecipeMismatchWarning(FpgmWarning):
+    """A recipe made on other weights was replayed: its counts apply, its filters follow these weights."""

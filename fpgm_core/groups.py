@@ -38,7 +38,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from .errors import FpgmError
-from .layers import PRUNABLE_TYPES, output_layer_name, prunable_layers
+from .layers import PRUNABLE_TYPES, is_depthwise, output_layer_name, output_width, prunable_layers
 from .masking import apply_masks, following_batchnorms
 from .masks import prune_count
 from .plan import SparsityPlan, layer_scores, plan_counts
@@ -198,9 +198,9 @@ def _check_by_forward(analysis: GroupAnalysis) -> None:
             if name is None or not isinstance(module, PRUNABLE_TYPES):
                 continue
             if name in analysis.groups[i].layers:
-                keep = masks.setdefault(name, torch.ones(_filters(module), dtype=torch.bool))
+                keep = masks.setdefault(name, torch.ones(output_width(module), dtype=torch.bool))
                 keep[list(item.idxs)] = False
-            if not _is_out_fn(analysis.graph, fn) or _is_depthwise(module):
+            if not _is_out_fn(analysis.graph, fn) or is_depthwise(module):
                 expected.append((i, name, list(item.idxs)))
     masked = apply_masks(analysis.model, masks)
     modules = dict(masked.named_modules())
@@ -227,14 +227,6 @@ def _check_by_forward(analysis: GroupAnalysis) -> None:
             blocked_by=name,
             reason="receives non-zero values in the channels this group removes when the group is masked, so masking cannot match slimming",
         )
-
-
-def _filters(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels and module.out_channels > 1
 
 
 def _failing_operation(exc: BaseException, names: Mapping[Any, str]) -> str | None:
@@ -451,7 +443,7 @@ def _masks_of(selection: GroupSelection) -> dict[str, Tensor]:
             module = item.dep.target.module
             name = analysis.names.get(module) if isinstance(module, nn.Module) else None
             if name in record.layers:
-                keep = masks.setdefault(name, torch.ones(_filters(module), dtype=torch.bool))
+                keep = masks.setdefault(name, torch.ones(output_width(module), dtype=torch.bool))
                 keep[list(item.idxs)] = False
     return masks
 

@@ -21,6 +21,8 @@ __all__ = [
     "layer_filters",
     "filter_index",
     "output_layer_name",
+    "output_width",
+    "is_depthwise",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -43,6 +45,16 @@ class LayerInfo:
     def to_dict(self) -> dict:
         """A JSON-ready dict of the record."""
         return asdict(self)
+
+
+def output_width(module: nn.Module) -> int:
+    """Output channels (Conv, ConvTranspose) or features (Linear) of a prunable layer: its filter count."""
+    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one group per output channel (each filter reads only its own input channel)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1
 
 
 def output_layer_name(model: nn.Module) -> str | None:
@@ -70,13 +82,12 @@ def prunable_layers(model: nn.Module) -> list[LayerInfo]:
         if not isinstance(module, PRUNABLE_TYPES) or getattr(module, "weight", None) is None:
             continue
         transposed = isinstance(module, _TRANSPOSED_TYPES)
-        filters = module.out_channels if not isinstance(module, nn.Linear) else module.out_features
         records.append(
             LayerInfo(
                 name=name,
                 type=type(module).__name__,
                 weight_shape=tuple(module.weight.shape),
-                filters=int(filters),
+                filters=output_width(module),
                 groups=int(getattr(module, "groups", 1)),
                 is_output=name == output_name,
                 filter_dim=1 if transposed else 0,

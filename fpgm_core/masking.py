@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import PlanError
-from .layers import PRUNABLE_TYPES, filter_index, prunable_layers
+from .layers import PRUNABLE_TYPES, filter_index, output_width, prunable_layers
 from .tracing import fx_graph
 
 __all__ = ["following_batchnorms", "apply_masks", "check_masks"]
@@ -49,8 +49,7 @@ def _batchnorms_by_order(model: nn.Module) -> dict[str, str]:
     for name, module in model.named_modules():
         if isinstance(module, _BATCHNORM_TYPES) and previous is not None:
             prev_name, prev = previous
-            width = prev.out_features if isinstance(prev, nn.Linear) else prev.out_channels
-            if module.num_features == width:
+            if module.num_features == output_width(prev):
                 found[prev_name] = name
         if isinstance(module, PRUNABLE_TYPES) or isinstance(module, _BATCHNORM_TYPES):
             previous = (name, module) if isinstance(module, PRUNABLE_TYPES) else None

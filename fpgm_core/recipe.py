@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,11 +19,19 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import PlanError
+from .errors import PlanError, RecipeMismatchWarning
 from .layers import LayerInfo
 from .plan import SparsityPlan
 
-__all__ = ["RECIPE_FORMAT", "model_fingerprint", "make_recipe", "plan_from_recipe", "read_recipe", "recipe_json"]
+__all__ = [
+    "RECIPE_FORMAT",
+    "model_fingerprint",
+    "make_recipe",
+    "plan_from_recipe",
+    "read_recipe",
+    "recipe_json",
+    "check_recipe_fingerprint",
+]
 
 RECIPE_FORMAT = "fpgm-recipe/1"
 
@@ -103,3 +112,22 @@ def plan_from_recipe(recipe: Mapping[str, Any]) -> SparsityPlan:
         include_output=bool(recipe.get("include_output", False)),
         counts={name: entry["pruned"] for name, entry in recipe["layers"].items()},
     ).validated()
+
+
+def check_recipe_fingerprint(recipe: Mapping[str, Any], model: nn.Module) -> bool | None:
+    """Whether ``recipe`` was made on ``model``'s weights; None when it records no fingerprint.
+
+    A recipe made on other weights still replays (its per-layer counts apply, FPGM picks the
+    filters from these weights), so a mismatch is a :class:`RecipeMismatchWarning`, not an error.
+    """
+    recorded = recipe.get("model", {}).get("fingerprint") if isinstance(recipe.get("model"), Mapping) else None
+    if recorded is None:
+        return None
+    matches = recorded == model_fingerprint(model)
+    if not matches:
+        warnings.warn(
+            "the recipe was made on different weights; its per-layer counts apply, and the filters follow these weights",
+            RecipeMismatchWarning,
+            stacklevel=2,
+        )
+    return matches

@@ -35,7 +35,7 @@ from .counting import count_parameters, layer_flops
 from .errors import ExportError, FpgmError
 from .export import write_atomically
 from .groups import GroupError, GroupSelection, select_group_channels
-from .layers import PRUNABLE_TYPES
+from .layers import PRUNABLE_TYPES, is_depthwise, output_width
 from .masking import apply_masks
 from .plan import SparsityPlan
 from .tracing import holding_model_lock
@@ -196,8 +196,8 @@ def _predicted_counts(selection: GroupSelection, flops_per_module: Mapping[str, 
         out_removed = removed.get((id(module), "out"))
         in_removed = removed.get((id(module), "in"))
         if isinstance(module, PRUNABLE_TYPES):
-            depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1
-            width_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            depthwise = is_depthwise(module)
+            width_out = output_width(module)
             width_in = module.in_features if isinstance(module, nn.Linear) else module.in_channels
             keep_out = _kept(width_out, (out_removed or set()) | (in_removed or set()) if depthwise else out_removed)
             keep_in = Fraction(1) if depthwise else _kept(width_in, in_removed)

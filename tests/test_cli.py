@@ -153,3 +153,56 @@ def test_group_consistent_prune_follows_dependency_groups_and_replays(tmp_path, 
     assert run_cli(["prune", "--arch", "demo", "--weights", "default", "--recipe", tmp_path / "g.recipe.json", "--out", again], capsys)[0] == 0
     replayed = torch.load(tmp_path / "again.masks.pt", weights_only=True)
     assert replayed.keys() == masks.keys() and all(torch.equal(replayed[k], masks[k]) for k in masks)
+
+
+def _masks_of(path):
+    return load_file(path) if str(path).endswith(".safetensors") else torch.load(path, weights_only=True)
+
+
+def test_a_plain_recipe_replayed_group_consistently_writes_a_recipe_that_reproduces_its_own_masks(tmp_path, capsys):
+    plain = tmp_path / "plain.pt"
+    assert run_cli(["prune", "--arch", "demo", "--weights", "default", "--sparsity", "0.4", "--out", plain], capsys)[0] == 0
+    grouped = tmp_path / "grouped.pt"
+    argv = ["prune", "--arch", "demo", "--weights", "default", "--recipe", tmp_path / "plain.recipe.json", "--group-consistent", "--out", grouped]
+    assert run_cli(argv, capsys)[0] == 0
+    written = json.loads((tmp_path / "grouped.recipe.json").read_text())
+    assert written["group_consistent"] is True
+    grouped_masks = _masks_of(tmp_path / "grouped.masks.pt")
+    assert not torch.equal(grouped_masks["layer1.conv2"], _masks_of(tmp_path / "plain.masks.pt")["layer1.conv2"]), (
+        "the demo's residual groups must change this layer's mask, or the test shows nothing"
+    )
+    replay = tmp_path / "replay.pt"
+    assert run_cli(["prune", "--arch", "demo", "--weights", "default", "--recipe", tmp_path / "grouped.recipe.json", "--out", replay], capsys)[0] == 0
+    replayed = _masks_of(tmp_path / "replay.masks.pt")
+    assert replayed.keys() == grouped_masks.keys() and all(torch.equal(replayed[k], grouped_masks[k]) for k in replayed)
+    assert json.loads((tmp_path / "replay.recipe.json").read_text())["layers"] == written["layers"]
+
+
+def test_a_failure_in_the_cost_estimate_leaves_no_file(tmp_path, capsys, monkeypatch):
+    import fpgm_core.cli.prune as prune_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("estimate failed")
+
+    monkeypatch.setattr(prune_command, "estimate_pruned_costs", broken)
+    out_dir = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="estimate failed"):
+        run_cli(["prune", "--arch", "demo", "--weights", "default", "--sparsity", "0.3", "--out", out_dir / "p.safetensors"], capsys)
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["prune", "evaluate"])
+def test_a_recipe_from_other_weights_replays_with_one_warning(command, tmp_path, capsys):
+    first = tmp_path / "first.pt"
+    assert run_cli(["prune", "--arch", "demo", "--weights", "default", "--sparsity", "0.3", "--out", first], capsys)[0] == 0
+    random_init = tmp_path / "random.safetensors"
+    random_init.write_bytes(save_safetensors(build_model("demo", "none").model.state_dict()))
+    if command == "prune":
+        argv = ["prune", "--arch", "demo", "--weights", random_init, "--out", tmp_path / "second.pt", "--json"]
+    else:
+        argv = ["evaluate", "--arch", "demo", "--weights", random_init, "--json"]
+    code, out, err = run_cli([*argv, "--recipe", tmp_path / "first.recipe.json"], capsys)
+    assert code == 0, err
+    assert err.count("warning: the recipe was made on different weights") == 1, err
+    if command == "prune":
+        assert json.loads(out)["recipe_fingerprint_matches"] is False

@@ -1,4 +1,4 @@
-"""``python -m fpgm_core slim``: write a physically smaller model (.pt2, .onnx or .pt) with measurements.
+"""``slim``: write a physically smaller model (.pt2, .onnx or .pt) with measurements.
 
 The plan is given as for ``prune`` (``--sparsity`` with optional ``--layer`` overrides, or
 ``--recipe``). The slimmed model is checked against the group-masked model before anything is
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_model_arguments, add_plan_arguments, plan_from_args
+from .flags import add_device_argument, add_model_arguments, add_plan_arguments, parse_non_negative, plan_from_args
 
-__all__ = ["register_cli"]
+__all__ = ["register"]
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -23,16 +23,6 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
     return sizes
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
-    return value
 
 
 def _human(count: float) -> str:
@@ -48,17 +38,14 @@ def _file_size(size: int) -> str:
 
 def _cmd_slim(args: argparse.Namespace) -> dict:
     # Imported here: Torch-Pruning and the exporters load only when a model is slimmed.
-    from .devices import resolve_device
-    from .models import build_model
-    from .recipe import model_fingerprint
-    from .slim import slim_format, export_slimmed, serialize_model, slim_model
+    from ..devices import resolve_device
+    from ..models import build_model
+    from ..slim import export_slimmed, serialize_model, slim_format, slim_model
 
     fmt = slim_format(args.out)  # reject a bad output name before any work
     device = resolve_device(args.device)
     loaded = build_model(args.arch, args.weights)
-    plan, recipe_in = plan_from_args(args, loaded)
-    if recipe_in is not None and recipe_in.get("model", {}).get("fingerprint") != model_fingerprint(loaded.model):
-        print("warning: the recipe was made on different weights; the channels follow these weights", file=sys.stderr)
+    plan = plan_from_args(args, loaded).plan
     result = slim_model(
         loaded.model,
         plan,
@@ -99,8 +86,8 @@ def _cmd_slim(args: argparse.Namespace) -> dict:
     return summary
 
 
-def register_cli(commands: argparse._SubParsersAction) -> None:
-    """Add the ``slim`` sub-command to ``python -m fpgm_core``."""
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``slim``."""
     slim = commands.add_parser(
         "slim",
         help="write a physically smaller model (.pt2, .onnx or .pt), verified and measured",
@@ -112,10 +99,10 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     add_model_arguments(slim, weights_required=True)
     add_plan_arguments(slim)
     slim.set_defaults(include_output=False)  # the classifier's outputs are the classes: never slimmed
-    slim.add_argument("--device", default=None, help="where FPGM distances are computed (default: CUDA when present)")
+    add_device_argument(slim)
     slim.add_argument("--out", required=True, help="file to write: FILE.pt2 (torch.export), FILE.onnx or FILE.pt (pickled module)")
-    slim.add_argument("--repeats", type=_non_negative, default=5, help="timed runs per batch size for latency (median; 0 skips)")
+    slim.add_argument("--repeats", type=parse_non_negative, default=5, help="timed runs per batch size for latency (median; 0 skips)")
     slim.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 32), help="batch sizes timed (default 1,32)")
-    slim.add_argument("--threads", type=_non_negative, default=None, help="CPU threads for the latency runs (default: torch's)")
+    slim.add_argument("--threads", type=parse_non_negative, default=None, help="CPU threads for the latency runs (default: torch's)")
     slim.add_argument("--json", action="store_true", help="print a JSON summary")
     slim.set_defaults(run=_cmd_slim)

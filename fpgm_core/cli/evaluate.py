@@ -1,6 +1,6 @@
-"""CLI sub-commands for evaluation: ``evaluate``, ``sweep``, ``sensitivity`` and ``demo-train``.
+"""Evaluation sub-commands: ``evaluate``, ``sweep`` and ``sensitivity``.
 
-Registered into ``python -m fpgm_core`` by :func:`register_cli`. Each returns a JSON-ready dict
+ Each returns a JSON-ready dict
 (printed with ``--json``) and otherwise prints a short human summary; progress goes to stderr.
 """
 
@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .counting import estimate_pruned_costs
-from .criteria import CRITERIA, CRITERION_LABELS, check_criterion, criterion_masks, criterion_metric
-from .devices import resolve_device
-from .distance import METRICS
-from .errors import FpgmError, PlanError
-from .evaluation import (
+from ..counting import estimate_pruned_costs
+from ..criteria import CRITERIA, CRITERION_LABELS, check_criterion, criterion_masks, criterion_metric
+from ..devices import resolve_device
+from ..distance import METRICS
+from ..errors import PlanError
+from ..evaluation import (
     MAX_IMAGES,
     DataError,
     EvalData,
@@ -26,21 +26,18 @@ from .evaluation import (
     model_categories,
     predict,
 )
-from .cli import argument_type, parse_layer_override, parse_sparsity
-from .export import write_atomically
-from .layers import prunable_layers
-from .masks import check_sparsity
-from .models import LoadedModel, build_model
-from .plan import SparsityPlan, plan_counts, plan_masks
-from .recipe import make_recipe, model_fingerprint, plan_from_recipe, read_recipe, recipe_json
-from .sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
+from ..export import write_atomically
+from ..layers import prunable_layers
+from ..models import LoadedModel, build_model
+from ..plan import SparsityPlan, plan_counts, plan_masks
+from ..recipe import check_recipe_fingerprint, make_recipe, plan_from_recipe, read_recipe, recipe_json
+from ..sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
 
-__all__ = ["register_cli"]
+from .flags import add_device_argument, argument_type, parse_layer_override, parse_sparsity, parse_sparsity_list
 
+__all__ = ["register"]
 
-_sparsity_list = argument_type(lambda text: [check_sparsity(part) for part in text.split(",") if part.strip()])
 _criterion = argument_type(check_criterion)
-
 
 
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +54,7 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="zip of images in ImageFolder layout (CLASS/IMAGE.png); default for the demo "
                                        "model: its held-out digits split")
     parser.add_argument("--max-images", type=int, default=MAX_IMAGES, help=f"refuse zips with more images (default {MAX_IMAGES})")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
+    add_device_argument(parser, "where the model runs")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -115,9 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict:
     recipe = read_recipe(args.recipe) if args.recipe else None
     device = _model_device(model)
     if recipe is not None:
+        check_recipe_fingerprint(recipe, model)
         plan = plan_from_recipe(recipe)
-        if recipe.get("model", {}).get("fingerprint") not in (None, model_fingerprint(model)):
-            print("warning: the recipe was made on different weights; the masks follow these weights", file=sys.stderr)
     else:
         metric = criterion_metric(args.criterion) if args.criterion else None
         plan = SparsityPlan(sparsity=args.sparsity or 0.0, metric=metric or "l2", overrides=dict(args.layer or [])).validated()
@@ -215,33 +211,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> dict:
     return result
 
 
-def _cmd_demo_train(args: argparse.Namespace) -> dict:
-    from . import demo
-
-    if args.epochs < 1:
-        raise FpgmError(f"--epochs must be at least 1, got {args.epochs}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FpgmError(f"--out {args.out!r} exists and is not a directory")
-    existing = [name for name in (demo.DEMO_CHECKPOINT.name, demo.DEMO_METRICS.name) if (out / name).exists()]
-    if existing and not args.overwrite:
-        # The committed checkpoint lives in fpgm_core/assets: re-creating it must be asked for twice.
-        raise FpgmError(f"{out} already holds {', '.join(existing)}: pass --overwrite to replace them")
-
-    def report(epoch: int, epochs: int, loss: float) -> None:
-        if not args.quiet:
-            print(f"epoch {epoch}/{epochs}  loss {loss:.4f}", file=sys.stderr, flush=True)
-
-    model, metrics = demo.train_demo(seed=args.seed, epochs=args.epochs, progress=report)
-    weights_path, metrics_path = demo.save_demo_checkpoint(model, metrics, out)
-    result = {**metrics, "checkpoint": str(weights_path), "metrics": str(metrics_path)}
-    if not args.json:
-        print(f"test top-1 {metrics['test_top1']:.2%} ({metrics['test_correct']}/{metrics['n_test']}); wrote {weights_path} and {metrics_path}")
-    return result
-
-
-def register_cli(commands: argparse._SubParsersAction) -> None:
-    """Add ``evaluate``, ``sweep``, ``sensitivity`` and ``demo-train`` to the CLI's sub-commands."""
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``evaluate``, ``sweep`` and ``sensitivity``."""
     evaluate = commands.add_parser("evaluate", help="top-1 and fidelity of a pruned model on held-out images")
     _add_model_choice(evaluate)
     evaluate.add_argument("--sparsity", type=parse_sparsity, help="fraction of filters pruned in every layer but the output, 0…1 (default 0)")
@@ -256,7 +227,7 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     _add_model_choice(sweep)
     sweep.add_argument("--criteria", type=_criterion, nargs="+", metavar="CRITERION", help=f"default: all of {', '.join(CRITERIA)}")
     sweep.add_argument("--seeds", type=int, default=5, help="random pruning runs (seeds 0…N-1, default 5)")
-    sweep.add_argument("--sparsities", type=_sparsity_list, default=list(SWEEP_SPARSITIES), help="comma-separated (default 0,0.1,…,0.9)")
+    sweep.add_argument("--sparsities", type=parse_sparsity_list, default=list(SWEEP_SPARSITIES), help="comma-separated (default 0,0.1,…,0.9)")
     sweep.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sweep.set_defaults(run=_cmd_sweep)
 
@@ -264,17 +235,8 @@ def register_cli(commands: argparse._SubParsersAction) -> None:
     _add_model_choice(sensitivity)
     sensitivity.add_argument("--budget-points", type=float, default=1.0, help="largest top-1 drop allowed, in percentage points (default 1)")
     sensitivity.add_argument("--metric", default="l2", choices=METRICS, help="FPGM distance (default l2)")
-    sensitivity.add_argument("--sparsities", type=_sparsity_list, default=list(LAYER_SPARSITIES), help="comma-separated (default 0.1,…,0.9)")
+    sensitivity.add_argument("--sparsities", type=parse_sparsity_list, default=list(LAYER_SPARSITIES), help="comma-separated (default 0.1,…,0.9)")
     sensitivity.add_argument("--max-evaluations", type=int, default=64, help="plans the suggestion may verify (default 64)")
     sensitivity.add_argument("--save-recipe", metavar="FILE.json", help="write the suggested plan as a recipe for `prune --recipe`")
     sensitivity.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sensitivity.set_defaults(run=_cmd_sensitivity)
-
-    train = commands.add_parser("demo-train", help="train the bundled demo model on the digits (deterministic per seed)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the batches (default 0)")
-    train.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    train.add_argument("--out", required=True, help="directory for demo.safetensors and demo.json (fpgm_core/assets replaces the committed ones)")
-    train.add_argument("--overwrite", action="store_true", help="replace demo.safetensors / demo.json already in --out")
-    train.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-    train.add_argument("--json", action="store_true", help="print JSON")
-    train.set_defaults(run=_cmd_demo_train)
