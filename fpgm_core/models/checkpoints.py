@@ -1,4 +1,4 @@
-"""Load models and checkpoints safely: torchvision architectures, state_dict files, weight checks.
+"""Read checkpoints safely and load them strictly: state_dict files, weight checks.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` or safetensors only, so no code
 in an uploaded file ever runs. Every failure is a ModelLoadError whose message names the problem.
@@ -10,19 +10,16 @@ import io
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = [
-    "LoadedModel",
-    "classification_architectures",
-    "build_model",
+    "CHECKPOINT_SUFFIXES",
     "read_state_dict",
     "check_finite",
     "load_weights",
@@ -30,89 +27,6 @@ __all__ = [
 ]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for pruning, with what identifies it and the input it expects."""
-
-    model: nn.Module
-    arch: str
-    weights: str
-    input_shape: tuple[int, ...]
-    notice: str | None = None
-
-
-def classification_architectures() -> list[str]:
-    """Names of torchvision's image-classification architectures (``resnet18``, ``vit_b_16``, …)."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _input_shape(arch: str) -> tuple[int, ...]:
-    # Inception v3 is the one torchvision classifier that needs 299 px inputs.
-    return (1, 3, 299, 299) if arch == "inception_v3" else (1, 3, 224, 224)
-
-
-def build_model(arch: str, weights: str | os.PathLike = "none", *, allow_random_fallback: bool = False) -> LoadedModel:
-    """Build a torchvision classifier (or the bundled ``demo`` model) in eval mode.
-
-    Args:
-        arch: a torchvision classification architecture name, or ``"demo"``.
-        weights: ``"none"`` (random init, seeded 0 for reproducibility), ``"default"``
-            (torchvision's pretrained weights, from the local cache or downloaded), or a path to a
-            state_dict file (.pt, .pth, .safetensors).
-        allow_random_fallback: when default weights cannot be had, return a random-init model
-            with a ``notice`` instead of raising.
-    """
-    if arch == "demo":
-        return _build_demo(weights)
-    import torchvision
-
-    if arch not in classification_architectures():
-        raise ModelLoadError(
-            f"unknown architecture {arch!r}: use a torchvision classification model such as "
-            "resnet18, resnet50, mobilenet_v2 or vit_b_16 (`python -m fpgm_core archs` lists them)"
-        )
-    weights = str(weights)
-    # Random init is seeded so "none" always means the same weights, without touching the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(arch, weights=None)
-    notice = None
-    if weights == "default":
-        try:
-            weight_enum = torchvision.models.get_model_weights(arch).DEFAULT
-            state = weight_enum.get_state_dict(progress=False, check_hash=False)
-            model.load_state_dict(state)
-        except Exception as exc:  # network errors come as URLError, OSError, RuntimeError…
-            message = (
-                f"pretrained weights for {arch} could not be loaded (not in the local torch hub cache "
-                f"and the download failed: {type(exc).__name__}: {str(exc)[:160]})"
-            )
-            if not allow_random_fallback:
-                raise ModelLoadError(message + "; use --weights none or a local state_dict file") from exc
-            notice = message + "; using random initialisation instead"
-    elif weights != "none":
-        load_weights(model, read_state_dict(weights))
-    return LoadedModel(model.eval(), arch, weights if weights in ("none", "default") else Path(weights).name, _input_shape(arch), notice)
-
-
-def _build_demo(weights: str | os.PathLike) -> LoadedModel:
-    from . import demo
-
-    model = demo.DemoNet()
-    weights = str(weights)
-    if weights in ("default", "demo"):
-        try:
-            model = demo.load_demo_model()
-        except FileNotFoundError as exc:
-            raise ModelLoadError(f"the bundled demo weights are missing ({demo.DEMO_CHECKPOINT}); run `python -m fpgm_core demo-train`") from exc
-    elif weights != "none":
-        load_weights(model, read_state_dict(weights))
-    name = weights if weights in ("none", "default", "demo") else Path(weights).name
-    return LoadedModel(model.eval(), "demo", "default" if name == "demo" else name, tuple(demo.DEMO_INPUT_SHAPE))
 
 
 def read_state_dict(source: str | os.PathLike | bytes, filename: str | None = None) -> dict[str, Tensor]:
