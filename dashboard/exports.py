@@ -1,7 +1,8 @@
 """What the Export page offers: file names, file bytes, and the code that reproduces the result.
 
 The bytes are built by the engine (``apply_masks`` on a copy, ``serialize_tensors``,
-``make_recipe``/``recipe_json``), so a download equals what ``python -m fpgm_core prune`` writes.
+``make_recipe``/``recipe_json``; for an ONNX model the masked graph of ``fpgm_core.onnx_graph``,
+checked in onnxruntime), so a download equals what ``python -m fpgm_core prune`` writes.
 A file that cannot be built (memory, a library error partway through serialising) becomes an
 ExportError naming the file and the cause: :func:`build_file` for files built with the page,
 :func:`built_when_clicked` for those built only when their button is clicked. Nothing partial is
@@ -11,6 +12,7 @@ served either way, and the model (only ever copied) and the plan are left as the
 from __future__ import annotations
 
 from pathlib import Path
+from shlex import quote
 from typing import Callable, Mapping, MutableMapping
 
 import torch
@@ -28,11 +30,14 @@ from fpgm_core import (
     serialize_tensors,
 )
 
+from fpgm_core.models import arch_slug, source_kind
+
 from .sources import ModelSource
 
 __all__ = [
     "export_stem",
     "checkpoint_bytes",
+    "onnx_bytes",
     "masks_bytes",
     "recipe_bytes",
     "original_weights_bytes",
@@ -45,13 +50,22 @@ __all__ = [
 
 
 def export_stem(loaded: LoadedModel) -> str:
-    """Base file name of the exports, e.g. ``resnet18-fpgm``."""
-    return f"{loaded.arch}-fpgm"
+    """Base file name of the exports, e.g. ``resnet18-fpgm``, ``timm-resnet50-fpgm``, ``mynet-fpgm`` (mynet.onnx)."""
+    return f"{arch_slug(loaded.arch)}-fpgm"
 
 
 def checkpoint_bytes(loaded: LoadedModel, masks: Mapping[str, Tensor], fmt: str) -> bytes:
     """The masked state_dict as ``.pt`` or ``.safetensors`` bytes; the cached model is not touched."""
     return serialize_tensors(apply_masks(loaded.model, masks).state_dict(), fmt)
+
+
+def onnx_bytes(loaded: LoadedModel, masks: Mapping[str, Tensor]) -> bytes:
+    """The uploaded ONNX graph with the pruned filters (and their BatchNorm channels) zeroed, checked in onnxruntime."""
+    from fpgm_core.onnx_graph import masked_onnx_bytes
+
+    if loaded.onnx is None:
+        raise ExportError("a masked .onnx is made from an ONNX model; this model is not one")
+    return masked_onnx_bytes(loaded.onnx, masks, tuple(loaded.input_shape))
 
 
 def masks_bytes(masks: Mapping[str, Tensor], fmt: str) -> bytes:
@@ -65,7 +79,7 @@ def original_weights_bytes(loaded: LoadedModel) -> bytes:
 
 
 def weights_argument(loaded: LoadedModel, source: ModelSource) -> str:
-    """The ``--weights`` value that rebuilds these weights headlessly."""
+    """The ``--weights`` value that rebuilds these weights headlessly (``default`` for an ONNX file's own)."""
     if source.kind != "upload":
         return loaded.weights
     if source.upload_format == "state_dict":
@@ -81,13 +95,36 @@ def recipe_bytes(
     return recipe_json(recipe).encode()
 
 
+def _build_line(loaded: LoadedModel) -> str:
+    """Python that rebuilds the unmodified architecture as ``model``."""
+    kind = source_kind(loaded.arch)
+    if kind == "demo":
+        return "from fpgm_core.demo import DemoNet\n\nmodel = DemoNet()"
+    if kind == "timm":
+        return f'import timm\n\nmodel = timm.create_model("{loaded.arch.split(":", 1)[1]}", pretrained=False)'
+    if kind == "factory":
+        module, function = loaded.arch.split(":", 1)
+        return f"from {module} import {function.split('.')[0]}\n\nmodel = {function}()  # your factory"
+    return f'import torchvision\n\nmodel = torchvision.models.get_model("{loaded.arch}", weights=None)'
+
+
 def load_snippet(loaded: LoadedModel, fmt: str = "safetensors") -> str:
-    """Python that rebuilds the architecture and loads the pruned checkpoint with ``strict=True``."""
+    """Python that rebuilds the architecture and loads the pruned checkpoint with ``strict=True``.
+
+    For an ONNX model: onnxruntime running the masked graph, and the masks.
+    """
     stem = export_stem(loaded)
-    if loaded.arch == "demo":
-        build = "from fpgm_core.demo import DemoNet\n\nmodel = DemoNet()"
-    else:
-        build = f'import torchvision\n\nmodel = torchvision.models.get_model("{loaded.arch}", weights=None)'
+    if loaded.onnx is not None:
+        shape = ", ".join(str(d) for d in loaded.input_shape)
+        return (
+            "import numpy as np\nimport onnxruntime as ort\nfrom safetensors.numpy import load_file\n\n"
+            f'session = ort.InferenceSession("{stem}.onnx", providers=["CPUExecutionProvider"])\n'
+            f"x = np.random.rand({shape}).astype(np.float32)\n"
+            "outputs = session.run(None, {session.get_inputs()[0].name: x})\n"
+            f'masks = load_file("{stem}.masks.safetensors")  # layer name -> bool keep-mask (True = kept)\n'
+            "# Pruned filters (mask False) and their BatchNormalization channels hold exactly zero.\n"
+        )
+    build = _build_line(loaded)
     if fmt == "safetensors":
         load = (
             "from safetensors.torch import load_file\n"
@@ -108,8 +145,12 @@ def load_snippet(loaded: LoadedModel, fmt: str = "safetensors") -> str:
 def cli_command(loaded: LoadedModel, source: ModelSource) -> str:
     """The headless command that reproduces the export from the recipe."""
     stem = export_stem(loaded)
+    if loaded.onnx is not None:
+        shape = f" --input-shape {','.join(map(str, source.input_shape))}" if source.input_shape else ""
+        return f"python -m fpgm_core prune --arch {quote(loaded.arch)}{shape} --recipe {stem}.recipe.json --out {stem}.onnx"
+    shape = f" --input-shape {','.join(map(str, source.input_shape))}" if source.input_shape else ""
     return (
-        f"python -m fpgm_core prune --arch {loaded.arch} --weights {weights_argument(loaded, source)} "
+        f"python -m fpgm_core prune --arch {quote(loaded.arch)} --weights {quote(weights_argument(loaded, source))}{shape} "
         f"--recipe {stem}.recipe.json --out {stem}.safetensors"
     )
 

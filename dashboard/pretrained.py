@@ -1,9 +1,12 @@
-"""Pretrained torchvision weights: are they in the local torch hub cache, and fetch them with progress.
+"""Pretrained weights: are they in the local cache, and fetch them with progress.
 
 torchvision's own loader downloads silently; the dashboard wants a progress bar and a fast,
 visible failure offline, so the download is done here, in chunks, into the same cache file
 torchvision reads (``torch.hub.get_dir()/checkpoints/<file>``), written atomically and checked
 against the hash prefix in the file name as ``torch.hub`` does.
+
+timm weights come through Hugging Face's own download (``fpgm_core.models.timm``), which reports
+its progress to the page's bar; here is only the page's view of it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import torch
 
 from fpgm_core import ModelLoadError
 
-__all__ = ["pretrained_url", "pretrained_path", "pretrained_available", "download_pretrained"]
+__all__ = [
+    "pretrained_url",
+    "pretrained_path",
+    "pretrained_available",
+    "download_pretrained",
+    "timm_pretrained_available",
+    "download_timm_pretrained",
+]
 
 _CHUNK = 1 << 20
 # torch.hub's rule: a file named name-<hex>.ext carries the first hex digits of its SHA-256.
@@ -90,3 +100,20 @@ def download_pretrained(
     finally:
         temp.unlink(missing_ok=True)
     return target
+
+
+def timm_pretrained_available(arch: str) -> bool:
+    """True when the pretrained weights of ``timm:NAME`` are already in the local cache."""
+    from fpgm_core.models.timm import timm_weights_cached
+
+    return timm_weights_cached(arch)
+
+
+def download_timm_pretrained(arch: str, progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """Fetch ``timm:NAME``'s pretrained weights into the Hugging Face cache (``progress(done, total)``).
+
+    Raises ModelLoadError with the cause when they cannot be had (offline within seconds).
+    """
+    from fpgm_core.models.timm import download_timm_weights
+
+    return download_timm_weights(arch, progress)

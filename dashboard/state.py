@@ -162,7 +162,7 @@ def active_model() -> ActiveModel:
     session = st.session_state
     source, device = session.source, session.device
     try:
-        loaded = cache.load_model(source, device, session.upload_state if source.kind == "upload" else None)
+        loaded = cache.load_model(source, device, session.upload_state if source.kind in ("upload", "onnx") else None)
     except FpgmError as exc:
         st.error(f"The model could not be loaded: {exc}")
         st.page_link("pages/model.py", label="Choose another model", icon=":material/arrow_back:")

@@ -14,6 +14,9 @@ Three kinds of file are accepted:
 
 Either way only the weights are kept; they are loaded into a chosen architecture, where
 ``fpgm_core.state_dict_mismatch`` names any keys that do not fit.
+
+An ``.onnx`` file is a model of its own (graph and weights): it needs no architecture and is
+built by ``fpgm_core.models.onnx`` from its protobuf, which runs no code (:func:`is_onnx_upload`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from torch import Tensor
 
 from fpgm_core import ModelLoadError, build_model, read_state_dict, state_dict_mismatch
 
-__all__ = ["UPLOAD_TYPES", "UploadedWeights", "digest_of", "read_upload", "check_fits"]
+__all__ = ["UPLOAD_TYPES", "UploadedWeights", "digest_of", "read_upload", "check_fits", "is_onnx_upload"]
 
-UPLOAD_TYPES = ["pt", "pth", "safetensors", "pt2"]
+UPLOAD_TYPES = ["pt", "pth", "safetensors", "pt2", "onnx"]
 
 FORMAT_LABELS = {"state_dict": "state_dict", "torchscript": "TorchScript module", "export": "torch.export program"}
 
@@ -68,19 +71,33 @@ def read_upload(data: bytes, filename: str) -> UploadedWeights:
     return UploadedWeights(read_state_dict(data, filename), "state_dict", filename)
 
 
-def check_fits(state: dict[str, Tensor], arch: str) -> None:
+def is_onnx_upload(filename: str) -> bool:
+    """Whether an upload is an ONNX model (by its name): a model of its own, with no architecture to choose."""
+    return filename.lower().endswith(".onnx")
+
+
+def check_fits(state: dict[str, Tensor], arch: str, input_shape: tuple[int, ...] = ()) -> None:
     """Raise ModelLoadError naming the mismatched keys unless ``state`` fits ``arch`` exactly.
 
     The architecture is built on the meta device (shapes only, no memory, no init time) when
-    possible; a few torchvision builders compute on real tensors and are built normally.
+    possible; a few torchvision builders compute on real tensors and are built normally. A model
+    factory must be one the server was started with (:func:`dashboard.sources.configured_factories`).
     """
-    try:
-        with torch.device("meta"):
+    from fpgm_core.models import source_kind
+
+    from .sources import ModelSource, build_architecture
+
+    source = ModelSource("upload", arch, "", input_shape=tuple(input_shape))
+    if source_kind(arch) == "factory":
+        skeleton = build_architecture(source).model  # the user's own code: built as it is, not on meta
+    else:
+        try:
+            with torch.device("meta"):
+                skeleton = build_model(arch, "none").model
+        except ModelLoadError:
+            raise
+        except Exception:  # builders that need real values (e.g. regnet) cannot run on meta
             skeleton = build_model(arch, "none").model
-    except ModelLoadError:
-        raise
-    except Exception:  # builders that need real values (e.g. regnet) cannot run on meta
-        skeleton = build_model(arch, "none").model
     mismatch = state_dict_mismatch(skeleton, state)
     if mismatch:
         raise ModelLoadError(f"the uploaded weights do not fit {arch}: {mismatch}")

@@ -4,7 +4,8 @@ Fidelity compares the pruned model with the unpruned one on the same images, so 
 labels: *agreement* is the fraction of images whose predicted class is unchanged, and *KL* the
 mean KL(original ‖ pruned) between their softmax outputs. Images come from the demo model's
 held-out digits split (:func:`demo_data`) or from a user's zip in ImageFolder layout
-(:func:`load_image_zip`), transformed as the architecture's torchvision weights expect.
+(:func:`load_image_zip`), transformed as the model expects: its torchvision weights' or timm
+``pretrained_cfg``'s transforms, or ImageNet's at the model's input size (ONNX graphs, your own code).
 
 Class indices of a zip: folders named by integers (``0/``, ``207/``) are those class indices;
 folders named by the weights' category names (``goldfish/``) get that category's index;
@@ -112,28 +113,88 @@ def demo_data(seed: int = 0) -> EvalData:
     return EvalData(split.test_x, split.test_y, tuple(str(i) for i in range(10)), f"digits held-out split (seed {seed})")
 
 
-def image_transform(arch: str) -> Callable:
+# Where a model brings no preprocessing of its own (an ONNX graph, your own code): ImageNet's.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CROP_FRACTION = 0.875
+
+
+def _generic_transform(input_shape: tuple[int, ...] | None) -> Callable:
+    """Resize, centre crop to the input's H×W and, for 3 channels, ImageNet normalisation."""
+    from torchvision import transforms
+
+    if input_shape is None or len(input_shape) != 4:
+        raise DataError("images need a 4-D input (N, C, H, W); this model's input shape is not one")
+    channels, height, width = (int(d) for d in input_shape[1:])
+    steps: list = [transforms.Grayscale(1)] if channels == 1 else [transforms.Lambda(lambda image: image.convert("RGB"))]
+    if channels not in (1, 3):
+        raise DataError(f"images have 1 or 3 channels; this model's input has {channels}")
+    steps += [transforms.Resize(int(round(min(height, width) / _CROP_FRACTION)), antialias=True),
+              transforms.CenterCrop((height, width)), transforms.ToTensor()]
+    if channels == 3:
+        steps.append(transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD))
+    return transforms.Compose(steps)
+
+
+def image_transform(arch: str, *, model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None) -> Callable:
     """The transform turning a PIL image into the tensor ``arch`` expects.
 
     torchvision architectures use their default weights' transforms (resize, centre crop,
-    normalise; built offline, nothing is downloaded). ``demo`` takes 8×8 greyscale in [0, 1],
-    light digits on a dark ground, like the scikit-learn digits it was trained on.
+    normalise; built offline, nothing is downloaded); ``timm:NAME`` (and any model carrying a timm
+    ``pretrained_cfg``) those of its ``pretrained_cfg``. ``demo`` takes 8×8 greyscale in [0, 1],
+    light digits on a dark ground, like the scikit-learn digits it was trained on. Other models (an
+    ONNX graph, your own code) get ImageNet's: resize, centre crop to ``input_shape``'s H×W,
+    ImageNet mean/std for 3 channels.
     """
     import torchvision
     from torchvision import transforms
 
+    from .models import source_kind
+
     if arch == "demo":
         return transforms.Compose([transforms.Grayscale(1), transforms.Resize((8, 8), antialias=True), transforms.ToTensor()])
-    try:
-        return torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    except Exception as exc:  # unknown names raise ValueError or KeyError depending on the path
-        raise DataError(f"no image transforms known for architecture {arch!r}") from exc
+    kind = source_kind(arch)
+    if kind == "timm" or isinstance(getattr(model, "pretrained_cfg", None), dict):
+        from .models.timm import timm_transform
+
+        try:
+            return timm_transform(arch, model=model if isinstance(getattr(model, "pretrained_cfg", None), dict) else None)
+        except FpgmError:
+            raise
+        except Exception as exc:  # a cfg without the fields timm's resolver needs
+            raise DataError(f"no image transforms known for {arch!r} ({exc})") from exc
+    if kind == "torchvision":
+        try:
+            return torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        except Exception as exc:  # unknown names raise ValueError or KeyError depending on the path
+            raise DataError(f"no image transforms known for architecture {arch!r}") from exc
+    return _generic_transform(input_shape)
 
 
-def model_categories(arch: str) -> tuple[str, ...]:
-    """The class names of ``arch``'s default weights (digits 0–9 for ``demo``), or () if none."""
+def model_categories(arch: str, *, model: nn.Module | None = None) -> tuple[str, ...]:
+    """The class names of ``arch``'s default weights (digits 0–9 for ``demo``), or () if none.
+
+    timm models (and models carrying a timm ``pretrained_cfg``) name their classes from it; your
+    own model may carry a ``categories`` (or ``class_names``) sequence.
+    """
+    from .models import source_kind
+
     if arch == "demo":
         return tuple(str(i) for i in range(10))
+    for attribute in ("categories", "class_names"):
+        names = getattr(model, attribute, None)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return tuple(names)
+    kind = source_kind(arch)
+    if kind == "timm" or isinstance(getattr(model, "pretrained_cfg", None), dict):
+        from .models.timm import timm_categories
+
+        try:
+            return timm_categories(arch, model=model if isinstance(getattr(model, "pretrained_cfg", None), dict) else None)
+        except Exception:  # a cfg that names no label set simply has no names
+            return ()
+    if kind != "torchvision":
+        return ()
     import torchvision
 
     try:

@@ -70,8 +70,10 @@ def _digits():
 
 
 @st.cache_resource(max_entries=2, show_spinner="Reading the images…")
-def _zip_data(digest: str, arch: str, _content: bytes):
-    return load_image_zip(_content, image_transform(arch), categories=model_categories(arch))
+def _zip_data(digest: str, model_key, _loaded, _content: bytes):
+    # Keyed by the model too: ONNX graphs and your own models take the transforms of their own input shape.
+    transform = image_transform(_loaded.arch, model=_loaded.model, input_shape=tuple(_loaded.input_shape))
+    return load_image_zip(_content, transform, categories=model_categories(_loaded.arch, model=_loaded.model))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Running the unpruned model on the images…")
@@ -125,7 +127,7 @@ def _choose_data(active):
         return None, None
     arch = active.loaded.arch
     try:
-        data = _zip_data(upload["digest"], arch, upload["content"])
+        data = _zip_data(upload["digest"], active.key, active.loaded, upload["content"])
     except FpgmError as exc:
         st.error(f"{upload['name']}: {exc}")
         return None, None

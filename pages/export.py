@@ -32,14 +32,25 @@ def page() -> None:
     stem = exports.export_stem(loaded)
     total = sum(layer.filters for layer in active.layers)
     st.markdown(f"**{source.label()}** · plan {plan_description(plan)} · **{summary.pruned:,} of {total:,} filters** pruned")
-    st.caption("The checkpoint is the full architecture's state_dict with the pruned filters (and their BatchNorm "
-               "channels) set to exactly zero, so it loads with `strict=True` into the unmodified model.")
+    onnx = loaded.onnx
+    if onnx is None:
+        st.caption("The checkpoint is the full architecture's state_dict with the pruned filters (and their BatchNorm "
+                   "channels) set to exactly zero, so it loads with `strict=True` into the unmodified model.")
+    else:
+        st.caption("The masked model is your ONNX file with the pruned filters (and the scale and bias of a "
+                   "BatchNormalization right after them) set to exactly zero; everything else in the graph is kept. "
+                   "Before it is served it runs in onnxruntime, and every pruned channel must come out exactly zero.")
+        if onnx.analysis.folded is not None:
+            st.warning(onnx.analysis.folded.message() + ".", icon=":material/warning:")
     columns = st.columns(3, gap="large")
     with columns[0]:
-        st.markdown("**Masked checkpoint**")
-        for fmt in ("safetensors", "pt"):
-            _download(f"{stem}.{fmt}", partial(exports.checkpoint_bytes, loaded, summary.masks, fmt),
-                      f"download_checkpoint_{fmt}", when_clicked=True)
+        st.markdown("**Masked checkpoint**" if onnx is None else "**Masked ONNX graph**")
+        if onnx is None:
+            for fmt in ("safetensors", "pt"):
+                _download(f"{stem}.{fmt}", partial(exports.checkpoint_bytes, loaded, summary.masks, fmt),
+                          f"download_checkpoint_{fmt}", when_clicked=True)
+        else:
+            _download(f"{stem}.onnx", partial(exports.onnx_bytes, loaded, summary.masks), "download_onnx", when_clicked=True)
     with columns[1]:
         st.markdown("**Masks** (layer → keep)")
         for fmt in ("safetensors", "pt"):
@@ -54,7 +65,10 @@ def page() -> None:
                       label=f"{name} (unpruned weights)")
             st.caption("The command line needs the weights as a state_dict file: this is your upload's.")
     st.subheader("Load it")
-    fmt = st.radio("Checkpoint format", ["safetensors", "pt"], horizontal=True, key="snippet_format", label_visibility="collapsed")
+    fmt = "safetensors"
+    if onnx is None:
+        fmt = st.radio("Checkpoint format", ["safetensors", "pt"], horizontal=True, key="snippet_format",
+                       label_visibility="collapsed")
     st.code(exports.load_snippet(loaded, fmt), language="python")
     st.subheader("Reproduce it headlessly")
     st.code(exports.cli_command(loaded, source), language="bash")
@@ -68,6 +82,12 @@ def _slim_section(active: ActiveModel, plan: SparsityPlan, stem: str) -> None:
     st.subheader("Physically smaller model")
     st.caption("Slimming removes the pruned channels (and every input that reads them) instead of zeroing them. "
                "Layers that share channels lose them together; the result is checked against the masked model.")
+    onnx = active.loaded.onnx
+    if onnx is not None and not onnx.converted:
+        st.info(f"Slimming needs the graph in PyTorch, and {onnx.filename} did not convert ({onnx.reason}). "
+                "The masked ONNX graph above is complete; to slim, export the model again with an opset and ops "
+                "onnx2torch converts (the classic exporter, opset ≤ 17), or load it from PyTorch.", icon=":material/info:")
+        return
     session = st.session_state
     request = (active.key, slimming.plan_key(plan))
     if st.button("Slim the model", key="slim_button", icon=":material/compress:"):

@@ -1,17 +1,26 @@
-"""Model page: choose the bundled demo, a torchvision architecture or an uploaded file; see its summary."""
+"""Model page: choose the bundled demo, a torchvision or timm architecture, your own code or an uploaded file; see its summary."""
 
 import streamlit as st
 
 from dashboard import cache
-from dashboard.pretrained import download_pretrained, pretrained_available
-from dashboard.sources import DEFAULT_SOURCE, ModelSource
+from dashboard.pretrained import download_pretrained, download_timm_pretrained, pretrained_available, timm_pretrained_available
+from dashboard.sources import DEFAULT_SOURCE, FACTORIES_ENV, ModelSource, configured_factories
 from dashboard.state import active_model, commit_model, require_entry
 from dashboard.summary import format_count
-from dashboard.uploads import FORMAT_LABELS, UPLOAD_TYPES, check_fits, digest_of, read_upload
+from dashboard.uploads import FORMAT_LABELS, UPLOAD_TYPES, check_fits, digest_of, is_onnx_upload, read_upload
 from fpgm_core import FpgmError, ModelLoadError, available_devices, classification_architectures, count_parameters
+from fpgm_core.models import parse_input_shape
 
-SOURCE_KINDS = {"demo": "Bundled demo", "torchvision": "torchvision architecture", "upload": "Upload a file"}
+SOURCE_KINDS = {"demo": "Bundled demo", "torchvision": "torchvision", "timm": "timm", "factory": "Your code",
+                "upload": "Upload a file"}
 WEIGHT_CHOICES = {"default": "pretrained (when cached or downloadable)", "none": "random init"}
+
+
+@st.cache_data(show_spinner="Listing timm's architectures…")
+def _timm_architectures() -> list[str]:
+    from fpgm_core.models.timm import timm_architectures
+
+    return timm_architectures()
 
 
 def page() -> None:
@@ -27,29 +36,49 @@ def page() -> None:
         _summary()
 
 
+def _factories() -> tuple[str, ...]:
+    try:
+        return configured_factories()
+    except ModelLoadError as exc:
+        st.error(f"The server's model factories are misconfigured: {exc}")
+        return ()
+
+
 def _choose() -> None:
     st.subheader("Choose a model")
-    kind = st.radio("Source", list(SOURCE_KINDS), format_func=SOURCE_KINDS.get, horizontal=True,
+    factories = _factories()
+    kinds = [kind for kind in SOURCE_KINDS if kind != "factory" or factories]
+    if st.session_state.get("source_kind") not in kinds:
+        st.session_state.source_kind = kinds[0]
+    kind = st.radio("Source", kinds, format_func=SOURCE_KINDS.get, horizontal=True,
                     key="source_kind", persist_state="session")
     if kind == "demo":
         st.caption("A small residual CNN trained on scikit-learn's 8×8 handwritten digits; its weights ship with fpgm_core.")
         if st.button("Load the demo model", type="primary"):
             _commit(DEFAULT_SOURCE, flash="Loaded the bundled demo model.")
     elif kind == "torchvision":
-        _choose_torchvision()
+        arch = st.selectbox("Architecture", classification_architectures(), key="tv_arch", persist_state="session")
+        _choose_pretrained("torchvision", arch, pretrained_available, download_pretrained, "torch hub")
+    elif kind == "timm":
+        names = _timm_architectures()
+        arch = st.selectbox(f"timm architecture ({len(names):,}; type to search)", names, key="timm_arch",
+                            persist_state="session", index=names.index("resnet50") if "resnet50" in names else 0)
+        _choose_pretrained("timm", f"timm:{arch}", timm_pretrained_available, download_timm_pretrained, "Hugging Face")
+    elif kind == "factory":
+        _choose_factory(factories)
     else:
-        _choose_upload()
+        _choose_upload(factories)
     st.selectbox("Device", available_devices(), key="device", persist_state="session",
                  help="Where weights live and distances are computed.")
 
 
-def _choose_torchvision() -> None:
-    arch = st.selectbox("Architecture", classification_architectures(), key="tv_arch", persist_state="session")
+def _choose_pretrained(kind: str, arch: str, available, download, cache_name: str) -> None:
+    """Weights radio, cache status and the Load button (with a download progress bar) for torchvision/timm."""
     weights = st.radio("Weights", list(WEIGHT_CHOICES), format_func=WEIGHT_CHOICES.get, horizontal=True,
-                       key="tv_weights", persist_state="session")
-    cached = weights == "default" and pretrained_available(arch)
+                       key=f"{'tv' if kind == 'torchvision' else kind}_weights", persist_state="session")
+    cached = weights == "default" and available(arch)
     if weights == "default":
-        st.caption("In the local torch hub cache." if cached else "Not cached yet: they will be downloaded.")
+        st.caption(f"In the local {cache_name} cache." if cached else "Not cached yet: they will be downloaded.")
     if not st.button(f"Load {arch}", type="primary"):
         return
     if weights == "default" and not cached:
@@ -60,39 +89,85 @@ def _choose_torchvision() -> None:
             bar.progress(fraction, text=f"Downloading {arch} weights… {format_count(done, 'B')}")
 
         try:
-            download_pretrained(arch, report)
+            download(arch, report)
         except ModelLoadError as exc:
             bar.empty()
             notice = f"{exc}. Using a random initialisation (seeded, reproducible) instead."
-            _commit(ModelSource("torchvision", arch, "none"), notice=notice, flash=f"Loaded {arch} with random weights.")
+            _commit(ModelSource(kind, arch, "none"), notice=notice, flash=f"Loaded {arch} with random weights.")
             return
         bar.empty()
-    _commit(ModelSource("torchvision", arch, weights), flash=f"Loaded {arch} ({WEIGHT_CHOICES[weights].split(' ')[0]}).")
+    _commit(ModelSource(kind, arch, weights), flash=f"Loaded {arch} ({WEIGHT_CHOICES[weights].split(' ')[0]}).")
 
 
-def _choose_upload() -> None:
+def _input_shape_field(key: str) -> tuple[int, ...] | None:
+    """The input shape typed for your own model (() for the model's own), or None after showing an error."""
+    text = st.text_input("Input shape (optional)", key=key, placeholder="the model's own, e.g. 1,3,224,224",
+                         help="Batch first. Leave empty when the model declares one (an input_shape attribute).")
+    if not text.strip():
+        return ()
+    try:
+        return parse_input_shape(text)
+    except ModelLoadError as exc:
+        st.error(str(exc))
+        return None
+
+
+def _choose_factory(factories: tuple[str, ...]) -> None:
+    spec = st.selectbox("Model factory", factories, key="factory_spec", persist_state="session")
+    st.caption("Callables named by whoever started this server (`--factory` or `FPGM_MODEL_FACTORIES`); each returns an "
+               "`nn.Module` and runs here, trusted. Nothing uploaded ever runs as code.")
+    shape = _input_shape_field("factory_shape")
+    if st.button(f"Load {spec}", type="primary", disabled=shape is None):
+        _commit(ModelSource("factory", spec, "default", input_shape=shape), flash=f"Loaded {spec}.")
+
+
+def _upload_architectures(factories: tuple[str, ...]) -> list[str]:
+    return ["demo", *classification_architectures(), *factories, *(f"timm:{name}" for name in _timm_architectures())]
+
+
+def _choose_upload(factories: tuple[str, ...]) -> None:
     uploaded = st.file_uploader(
         "Model file", type=UPLOAD_TYPES, key="upload_file",
-        help="A state_dict (.pt, .pth, .safetensors), a TorchScript module (.pt) or a torch.export program (.pt2).",
+        help="A state_dict (.pt, .pth, .safetensors), a TorchScript module (.pt), a torch.export program (.pt2) "
+             "or an ONNX model (.onnx).",
     )
-    archs = ["demo", *classification_architectures()]
-    arch = st.selectbox("Architecture of these weights", archs, key="upload_arch", persist_state="session")
+    if uploaded is not None and is_onnx_upload(uploaded.name):
+        _choose_onnx(uploaded)
+        return
+    arch = st.selectbox("Architecture of these weights", _upload_architectures(factories), key="upload_arch",
+                        persist_state="session", help="torchvision, your own factories, then timm:NAME (type to search).")
+    shape = _input_shape_field("upload_shape") if arch in factories else ()
     st.caption(
         "Pickles are read with `weights_only=True`: tensors only, never code. A pickled whole `nn.Module` is "
         "refused; upload `model.state_dict()` instead. TorchScript and `.pt2` files are read for their weights "
-        "only, without running them, and the weights are loaded into the architecture chosen here."
+        "only, without running them, and the weights are loaded into the architecture chosen here. An `.onnx` "
+        "file brings its own graph."
     )
-    if not st.button("Load the uploaded weights", type="primary", disabled=uploaded is None):
+    if not st.button("Load the uploaded weights", type="primary", disabled=uploaded is None or shape is None):
         return
     data = uploaded.getvalue()
     try:
         weights = read_upload(data, uploaded.name)
-        check_fits(weights.state, arch)
+        check_fits(weights.state, arch, shape)
     except FpgmError as exc:
         st.error(str(exc))
         return
-    source = ModelSource("upload", arch, uploaded.name, digest_of(data), weights.format)
+    source = ModelSource("upload", arch, uploaded.name, digest_of(data), weights.format, shape)
     _commit(source, state=weights.state, flash=f"Loaded {uploaded.name} ({FORMAT_LABELS[weights.format]}) into {arch}.")
+
+
+def _choose_onnx(uploaded) -> None:
+    st.caption(
+        "An ONNX model carries its graph and weights: no architecture to choose. It is read as a protobuf (no code "
+        "runs), converted to PyTorch with onnx2torch where it can be (checked against onnxruntime), and otherwise "
+        "pruned from its Conv/Gemm initializers directly."
+    )
+    shape = _input_shape_field("onnx_shape")
+    if not st.button("Load the ONNX model", type="primary", disabled=shape is None):
+        return
+    data = uploaded.getvalue()
+    source = ModelSource("onnx", uploaded.name, "default", digest_of(data), "onnx", shape)
+    _commit(source, state=data, flash=f"Loaded {uploaded.name} (ONNX graph).")
 
 
 def _commit(source: ModelSource, state=None, notice: str | None = None, flash: str | None = None) -> None:
@@ -106,6 +181,16 @@ def _commit(source: ModelSource, state=None, notice: str | None = None, flash: s
     st.rerun()
 
 
+def _onnx_status(onnx) -> None:
+    """Whether the graph converted (what works) and whether its BatchNorm looks folded."""
+    if onnx.converted:
+        st.info(f"ONNX graph {onnx.status()}.", icon=":material/check_circle:")
+    else:
+        st.warning(f"ONNX graph {onnx.status()}.", icon=":material/info:")
+    if onnx.analysis.folded is not None:
+        st.warning(onnx.analysis.folded.message() + ".", icon=":material/warning:")
+
+
 def _summary() -> None:
     active = active_model()
     loaded = active.loaded
@@ -113,6 +198,8 @@ def _summary() -> None:
     for notice in (st.session_state.load_notice, loaded.notice):
         if notice:
             st.warning(notice, icon=":material/info:")
+    if loaded.onnx is not None:
+        _onnx_status(loaded.onnx)
     flops, _ = cache.model_flops(active.model, active.key, loaded.input_shape)
     filters = sum(layer.filters for layer in active.layers)
     columns = st.columns(4)
@@ -123,7 +210,7 @@ def _summary() -> None:
     # The input shape is a caption, not a metric: "3×224×224" is wider than a metric column.
     columns[3].metric("Filters", f"{filters:,}", help="Output channels (or features) of all prunable layers together.")
     st.caption(f"Input `{'×'.join(str(d) for d in loaded.input_shape)}` · device `{active.device}` · FLOPs count a "
-               "multiply-add as 2 · the last layer is the classifier, left out of plans unless included.")
+               "multiply-add as 2 · output layers (the classifier) are left out of plans unless included.")
     rows = [
         {
             "layer": layer.name, "type": layer.type, "weight shape": " × ".join(map(str, layer.weight_shape)),
@@ -132,6 +219,9 @@ def _summary() -> None:
         for layer in active.layers
     ]
     st.dataframe(rows, hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 520))
+    if st.session_state.source_kind == "factory" or not _factories():
+        st.caption(f"Your own models: start the server with `streamlit run app.py -- --factory package.module:callable` "
+                   f"(or set `{FACTORIES_ENV}`); they then appear under *Your code*.")
 
 
 require_entry(__file__)

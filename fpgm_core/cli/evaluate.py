@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,12 +29,21 @@ from ..evaluation import (
 )
 from ..export import write_atomically
 from ..layers import prunable_layers
-from ..models import LoadedModel, build_model
+from ..models import LoadedModel
 from ..plan import SparsityPlan, plan_counts, plan_masks
 from ..recipe import check_recipe_fingerprint, make_recipe, plan_from_recipe, read_recipe, recipe_json
 from ..sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
 
-from .flags import add_device_argument, argument_type, parse_layer_override, parse_sparsity, parse_sparsity_list
+from .flags import (
+    ARCH_HELP,
+    add_device_argument,
+    add_input_shape_argument,
+    argument_type,
+    load_model,
+    parse_layer_override,
+    parse_sparsity,
+    parse_sparsity_list,
+)
 
 __all__ = ["register"]
 
@@ -44,13 +54,14 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     """``--model demo`` or ``--arch NAME [--weights …]``, plus ``--data`` and ``--device``."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", choices=("demo",), help="the bundled demo model (= --arch demo --weights default)")
-    which.add_argument("--arch", help="torchvision classification architecture, or 'demo'")
+    which.add_argument("--arch", help=ARCH_HELP)
     parser.add_argument(
         "--weights",
         default=None,
         help="none (random init, seed 0), default (pretrained / bundled), or a state_dict file; default: "
-             "'default' with --model, 'none' with --arch",
+             "'default' with --model, 'none' with --arch (an ONNX file carries its own)",
     )
+    add_input_shape_argument(parser)
     parser.add_argument("--data", help="zip of images in ImageFolder layout (CLASS/IMAGE.png); default for the demo "
                                        "model: its held-out digits split")
     parser.add_argument("--max-images", type=int, default=MAX_IMAGES, help=f"refuse zips with more images (default {MAX_IMAGES})")
@@ -60,17 +71,19 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[LoadedModel, EvalData]:
     """The model the arguments name, on the device, and the data to evaluate it on."""
-    arch = "demo" if args.model else args.arch
-    weights = args.weights or ("default" if args.model else "none")
+    if args.model:
+        args.arch = "demo"
+    arch = args.arch
     device = resolve_device(args.device)
-    loaded = build_model(arch, weights)
-    model = loaded.model.to(device).eval()
-    loaded = LoadedModel(model, loaded.arch, loaded.weights, loaded.input_shape, loaded.notice)
+    loaded = load_model(args, weights=args.weights or ("default" if args.model else None))
+    loaded = dataclasses.replace(loaded, model=loaded.model.to(device).eval())
     if args.data:
         path = Path(args.data)
         if not path.is_file():
             raise DataError(f"data zip {args.data!r} does not exist or is not a file")
-        data = load_image_zip(path, image_transform(arch), categories=model_categories(arch), max_images=args.max_images)
+        transform = image_transform(loaded.arch, model=loaded.model, input_shape=loaded.input_shape)
+        categories = model_categories(loaded.arch, model=loaded.model)
+        data = load_image_zip(path, transform, categories=categories, max_images=args.max_images)
     elif arch == "demo":
         data = demo_data()
     else:

@@ -1,19 +1,21 @@
 """Flags several sub-commands share, and the adapter that turns engine checks into argparse types.
 
-Every pruning command takes the same model flags (``--arch``/``--weights``) and plan flags
-(``--sparsity``, ``--layer``, ``--recipe``, ``--metric``, ``--mode``, ``--max-layer-sparsity``);
-they are defined once here so that ``prune``, ``slim`` and the evaluation commands agree.
+Every pruning command takes the same model flags (``--arch``/``--weights``/``--input-shape``) and
+plan flags (``--sparsity``, ``--layer``, ``--recipe``, ``--metric``, ``--mode``,
+``--max-layer-sparsity``); they are defined once here so that ``prune``, ``slim`` and the
+evaluation commands agree, and :func:`load_model` builds the model they name from any source.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from ..distance import METRICS
-from ..errors import PlanError
+from ..errors import ModelLoadError, PlanError
 from ..masks import check_sparsity
-from ..models import LoadedModel
+from ..models import LoadedModel, build_model, parse_input_shape, source_kind
 from ..plan import SparsityPlan
 from ..recipe import check_recipe_fingerprint, plan_from_recipe, read_recipe
 
@@ -23,9 +25,13 @@ __all__ = [
     "parse_layer_override",
     "parse_sparsity_list",
     "parse_non_negative",
+    "ARCH_HELP",
     "add_model_arguments",
+    "load_model",
     "add_plan_arguments",
     "add_device_argument",
+    "add_input_shape_argument",
+    "require_torch_graph",
     "PlanArguments",
     "plan_from_args",
 ]
@@ -78,15 +84,64 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-layer-sparsity", type=parse_sparsity, default=0.9, help="global mode: cap per layer (default 0.9)")
 
 
+ARCH_HELP = (
+    "the model: demo, a torchvision architecture (resnet18), timm:NAME (any timm model), a FILE.onnx, "
+    "or package.module:callable (your own code returning an nn.Module; it runs because you name it)"
+)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
-    """The ``--arch`` / ``--weights`` pair every model-taking command shares."""
-    parser.add_argument("--arch", required=True, help="torchvision classification architecture, or 'demo'")
+    """The ``--arch`` / ``--weights`` / ``--input-shape`` flags every model-taking command shares.
+
+    With ``weights_required`` a command needs ``--weights`` unless ``--arch`` is an ONNX file
+    (which carries its weights); :func:`load_model` says so.
+    """
+    parser.add_argument("--arch", required=True, help=ARCH_HELP)
     parser.add_argument(
         "--weights",
-        required=weights_required,
-        default="none",
-        help="none (random init, seed 0), default (pretrained), or a state_dict file (.pt, .pth, .safetensors)",
+        default=None,
+        help="none (random init, seed 0), default (pretrained; the callable's own for package.module:callable), "
+             "or a state_dict file (.pt, .pth, .safetensors); an ONNX file carries its own"
+             + ("" if weights_required else " (default: none)"),
     )
+    add_input_shape_argument(parser)
+    parser.set_defaults(weights_required=weights_required)
+
+
+def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
+    """``--input-shape`` for models that do not declare one (your own code, ONNX graphs with open sizes)."""
+    parser.add_argument("--input-shape", metavar="N,C,H,W",
+                        help="input shape, batch first, for FLOP counts and checks (default: the model's own: its "
+                             "torchvision/timm config, the ONNX graph's input, or your model's input_shape attribute)")
+
+
+def load_model(args: argparse.Namespace, *, weights: str | None = None) -> LoadedModel:
+    """The model ``--arch``/``--weights``/``--input-shape`` name, from any source.
+
+    ``weights`` overrides ``--weights`` (commands with their own default). ModelLoadError when a
+    required ``--weights`` is missing, naming what to give.
+    """
+    weights = weights if weights is not None else args.weights
+    kind = source_kind(args.arch)
+    if weights is None:
+        if getattr(args, "weights_required", False) and kind != "onnx":
+            raise ModelLoadError("give --weights: none (random init, seed 0), default (pretrained) or a state_dict file")
+        weights = "default" if kind == "onnx" else "none"
+    shape = getattr(args, "input_shape", None)
+    loaded = build_model(args.arch, weights, input_shape=shape)
+    if shape and kind in ("demo", "torchvision", "timm"):
+        # Their builders know their own input; a given shape (another resolution) replaces it.
+        loaded = dataclasses.replace(loaded, input_shape=parse_input_shape(shape))
+    return loaded
+
+
+def require_torch_graph(loaded: LoadedModel, what: str) -> None:
+    """ModelLoadError when ``loaded`` is an ONNX graph that did not convert to PyTorch (``what`` needs it)."""
+    if loaded.onnx is not None and not loaded.onnx.converted:
+        raise ModelLoadError(
+            f"{what} needs the graph in PyTorch, and {loaded.onnx.filename} did not convert ({loaded.onnx.reason}); "
+            "`prune --out FILE.onnx` still writes the masked graph"
+        )
 
 
 def add_device_argument(parser: argparse.ArgumentParser, what: str = "where FPGM distances are computed") -> None:

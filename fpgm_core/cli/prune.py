@@ -1,7 +1,8 @@
 """``prune``: write a masked checkpoint, its masks and its recipe.
 
 Everything that can fail (the plan, the masks, the cost estimate) runs before the first byte is
-written, and the three files are written together or not at all.
+written, and the three files are written together or not at all. An ONNX model's checkpoint is
+its masked graph (``--out FILE.onnx``), checked in onnxruntime before it is written.
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ from ..counting import estimate_pruned_costs
 from ..devices import resolve_device
 from ..export import export_masked, export_paths
 from ..layers import prunable_layers
-from ..models import build_model
 from ..plan import plan_counts, plan_masks
 from ..recipe import make_recipe
-from .flags import add_device_argument, add_model_arguments, add_plan_arguments, plan_from_args
+from .flags import add_device_argument, add_model_arguments, add_plan_arguments, load_model, plan_from_args, require_torch_graph
 
 __all__ = ["register"]
 
 
 def _cmd_prune(args: argparse.Namespace) -> dict:
-    export_paths(args.out)  # reject a bad output name before any work
+    from ..models import source_kind
+
+    onnx_source = source_kind(args.arch) == "onnx"
+    if onnx_source:
+        from ..onnx_graph import export_masked_onnx, onnx_export_paths
+
+        onnx_export_paths(args.out)  # reject a bad output name before any work
+    else:
+        export_paths(args.out)
     device = resolve_device(args.device)
-    loaded = build_model(args.arch, args.weights)
+    loaded = load_model(args)
     plan, recipe_in, fingerprint_matches = plan_from_args(args, loaded)
     model = loaded.model
     layers = prunable_layers(model)
@@ -32,6 +40,8 @@ def _cmd_prune(args: argparse.Namespace) -> dict:
     if group_consistent:
         # Coupled layers lose the same channels, so the masked model computes what `slim` exports.
         from ..groups import group_masks
+
+        require_torch_graph(loaded, "--group-consistent")
 
         masks = group_masks(model, plan, input_shape=loaded.input_shape, device=device)
         counts = {name: int((~keep).sum()) for name, keep in masks.items()}
@@ -46,7 +56,10 @@ def _cmd_prune(args: argparse.Namespace) -> dict:
     if group_consistent:
         recipe["group_consistent"] = True
     costs = estimate_pruned_costs(model, masks, loaded.input_shape)
-    files = export_masked(model, masks, recipe, args.out)
+    if onnx_source:
+        files = export_masked_onnx(loaded.onnx, masks, recipe, args.out, loaded.input_shape)
+    else:
+        files = export_masked(model, masks, recipe, args.out)
     summary = {
         "arch": loaded.arch,
         "weights": loaded.weights,
@@ -83,6 +96,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="prune coupled layers (residual adds, depthwise convs) by dependency group, as `slim` does",
     )
     add_device_argument(prune)
-    prune.add_argument("--out", required=True, help="checkpoint to write: FILE.pt, FILE.pth or FILE.safetensors")
+    prune.add_argument("--out", required=True, help="checkpoint to write: FILE.pt, FILE.pth or FILE.safetensors "
+                                                   "(for an ONNX model: FILE.onnx, its masked graph)")
     prune.add_argument("--json", action="store_true", help="print a JSON summary naming the files written")
     prune.set_defaults(run=_cmd_prune)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .flags import add_device_argument, add_model_arguments, add_plan_arguments, parse_non_negative, plan_from_args
+from .flags import (
+    add_device_argument,
+    add_model_arguments,
+    add_plan_arguments,
+    load_model,
+    parse_non_negative,
+    plan_from_args,
+    require_torch_graph,
+)
 
 __all__ = ["register"]
 
@@ -39,12 +47,12 @@ def _file_size(size: int) -> str:
 def _cmd_slim(args: argparse.Namespace) -> dict:
     # Imported here: Torch-Pruning and the exporters load only when a model is slimmed.
     from ..devices import resolve_device
-    from ..models import build_model
     from ..slim import export_slimmed, serialize_model, slim_format, slim_model
 
     fmt = slim_format(args.out)  # reject a bad output name before any work
     device = resolve_device(args.device)
-    loaded = build_model(args.arch, args.weights)
+    loaded = load_model(args)
+    require_torch_graph(loaded, "slimming")
     plan = plan_from_args(args, loaded).plan
     result = slim_model(
         loaded.model,

@@ -61,7 +61,9 @@ def timm_name(arch: str) -> str:
     name = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
     base = name.split(".", 1)[0]  # "resnet50.a1_in1k": the architecture and one pretrained tag
     if not name or not timm.is_model(base):
-        close = timm.list_models(f"*{base[:6]}*")[:5] if base else []
+        import difflib
+
+        close = difflib.get_close_matches(base, timm.list_models(), n=5) if base else []
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ModelLoadError(
             f"unknown timm architecture {name!r}{hint}: `python -m fpgm_core archs --timm PATTERN` lists them"
