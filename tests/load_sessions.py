@@ -26,7 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,14 +63,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_dashboard(log: Path, *, startup_s: float = 90) -> Iterator[Server]:
-    """``streamlit run app.py`` on a free localhost port, with the project's config; stopped on exit."""
+def running_dashboard(log: Path, *, startup_s: float = 90, script_args: Sequence[str] = (),
+                      env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """``streamlit run app.py [-- script_args]`` on a free localhost port, with the project's config; stopped on exit."""
     port = _free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+             "--server.headless", "true", "--server.address", "127.0.0.1", *(["--", *script_args] if script_args else [])],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env},
         )
     url = f"http://127.0.0.1:{port}"
     try:
