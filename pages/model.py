@@ -1,5 +1,7 @@
 """Model page: choose the bundled demo, a torchvision or timm architecture, your own code or an uploaded file; see its summary."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import cache
@@ -10,6 +12,7 @@ from dashboard.summary import format_count
 from dashboard.uploads import FORMAT_LABELS, UPLOAD_TYPES, check_fits, digest_of, is_onnx_upload, read_upload
 from fpgm_core import FpgmError, ModelLoadError, available_devices, classification_architectures, count_parameters
 from fpgm_core.models import parse_input_shape
+from fpgm_core.onnx_graph import external_data_files, inline_external_data
 
 SOURCE_KINDS = {"demo": "Bundled demo", "torchvision": "torchvision", "timm": "timm", "factory": "Your code",
                 "upload": "Upload a file"}
@@ -162,10 +165,27 @@ def _choose_onnx(uploaded) -> None:
         "runs), converted to PyTorch with onnx2torch where it can be (checked against onnxruntime), and otherwise "
         "pruned from its Conv/Gemm initializers directly."
     )
-    shape = _input_shape_field("onnx_shape")
-    if not st.button("Load the ONNX model", type="primary", disabled=shape is None):
-        return
     data = uploaded.getvalue()
+    needed = external_data_files(data)
+    files: dict[str, bytes] = {}
+    if any(name == Path(name).name for name in needed):  # (a path is refused on Load, never asked for)
+        # torch's dynamo exporter writes model.onnx + model.onnx.data: both come through the browser.
+        extra = st.file_uploader(f"Its external data ({', '.join(needed)})", accept_multiple_files=True, key="onnx_data_files",
+                                 help="The graph keeps its weights in these files; they are read from the upload only.")
+        files = {item.name: item.getvalue() for item in extra or []}
+        missing = [name for name in needed if name not in files]
+        if missing:
+            st.caption(f"Still needed: {', '.join(missing)}.")
+    shape = _input_shape_field("onnx_shape")
+    ready = shape is not None and all(name in files for name in needed if name == Path(name).name)
+    if not st.button("Load the ONNX model", type="primary", disabled=not ready):
+        return
+    try:
+        if needed:
+            data = inline_external_data(data, files, uploaded.name)
+    except FpgmError as exc:
+        st.error(str(exc))
+        return
     source = ModelSource("onnx", uploaded.name, "default", digest_of(data), "onnx", shape)
     _commit(source, state=data, flash=f"Loaded {uploaded.name} (ONNX graph).")
 

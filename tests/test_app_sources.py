@@ -238,12 +238,36 @@ def test_hostile_and_broken_onnx_uploads_leave_the_model_as_it_was(new_app, tmp_
     external = helper.make_model(graph).SerializeToString()
     app = new_app(MODEL_PAGE)
     before = app.session_state["source"]
-    for name, data, message in (("external.onnx", external, "stored in external files"),
+    for name, data, message in (("external.onnx", external, "a path, not a file uploaded with it"),
                                 ("truncated.onnx", export_onnx(_small_net(), (1, 3, 16, 16), dynamo=False)[:500], "not an ONNX model"),
                                 ("notes.onnx", b"just some text\n" * 10, "not an ONNX model")):
         upload_onnx(app, name, data)
         assert app.session_state["source"] == before
         assert any(message in error for error in errors(app)), (name, errors(app))
+
+
+def test_a_dynamo_export_uploads_with_its_external_data_file(new_app, tmp_path):
+    # torch.onnx.export(..., dynamo=True) to a path writes model.onnx and model.onnx.data by default.
+    path = tmp_path / "net.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_small_net(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=True, optimize=False)
+    assert (tmp_path / "net.onnx.data").is_file()
+    app = new_app(MODEL_PAGE)
+    app.radio(key="source_kind").set_value("upload").run()
+    app.file_uploader(key="upload_file").upload("net.onnx", path.read_bytes()).run()
+    load = next(button for button in app.button if button.label == "Load the ONNX model")
+    assert load.disabled and any("Still needed: net.onnx.data" in c.value for c in app.caption)
+    app.file_uploader(key="onnx_data_files").upload("net.onnx.data", (tmp_path / "net.onnx.data").read_bytes()).run()
+    press(app, "Load the ONNX model")
+    assert app.session_state["source"].kind == "onnx" and not errors(app)
+    assert {m.label: m.value for m in app.metric}["Prunable layers"] == "3"
+    from dashboard import cache
+
+    loaded = cache.load_model(app.session_state["source"], "cpu", app.session_state["upload_state"])
+    expected = fpgm_core.layer_scores(_small_net(), "l2")
+    for ours, theirs in zip(fpgm_core.layer_scores(loaded.model, "l2").values(), expected.values()):
+        assert torch.allclose(ours, theirs, rtol=1e-6)
 
 
 # --- your own code ---------------------------------------------------------------------------------

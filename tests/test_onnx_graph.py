@@ -118,6 +118,32 @@ def test_an_upload_with_external_data_is_refused_before_any_file_is_read(tmp_pat
     model = make_model([helper.make_node("Conv", ["x", "w"], ["y"])], [value("x", [1, 1, 2, 2])], [value("y", [1, 2, 2, 2])], [weight])
     with pytest.raises(ModelLoadError, match="stored in external files"):
         build_onnx(model.SerializeToString(), "external.onnx")
+    from fpgm_core.onnx_graph import inline_external_data
+
+    with pytest.raises(ModelLoadError, match="a path, not a file uploaded with it"):
+        inline_external_data(model.SerializeToString(), {"secret.bin": secret.read_bytes()}, "external.onnx")
+
+
+def test_external_data_is_taken_only_from_files_uploaded_with_it(tmp_path):
+    from fpgm_core.onnx_graph import external_data_files, inline_external_data
+
+    net = small_cnn()
+    path = tmp_path / "net.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=True, optimize=False)
+    data, blob = path.read_bytes(), (tmp_path / "net.onnx.data").read_bytes()
+    assert external_data_files(data) == ["net.onnx.data"]
+    with pytest.raises(ModelLoadError, match=r"stored in external files \(net.onnx.data\).*upload them together"):
+        read_onnx(data, "net.onnx")
+    with pytest.raises(ModelLoadError, match="upload that file together with it"):
+        inline_external_data(data, {}, "net.onnx")
+    with pytest.raises(ModelLoadError, match="lies outside net.onnx.data"):
+        inline_external_data(data, {"net.onnx.data": blob[: len(blob) // 2]}, "net.onnx")
+    whole = inline_external_data(data, {"net.onnx.data": blob}, "net.onnx")
+    loaded = build_onnx(whole, "net.onnx")
+    for ours, theirs in zip(fpgm_core.layer_scores(loaded.model, "l2").values(), fpgm_core.layer_scores(net, "l2").values()):
+        assert torch.allclose(ours, theirs, rtol=1e-6)
 
 
 def test_a_graph_the_checker_rejects_is_named():

@@ -28,7 +28,7 @@ from .analysis import PRUNABLE_OPS, FoldedBatchNorm, GraphAnalysis, OnnxLayer, a
 from .conversion import ONNX2TORCH_MAX_OPSET, Conversion, convert_graph
 from .masked import check_masked_graph, export_masked_onnx, masked_graph, masked_onnx_bytes, onnx_export_paths
 from .model import FoldedBatchNormWarning, OnnxModel, OnnxNotConvertedWarning, declared_input, resolve_input_shape
-from .reading import read_onnx
+from .reading import external_data_files, inline_external_data, read_onnx
 from .view import InitializerView
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "declared_input",
     "resolve_input_shape",
     "read_onnx",
+    "external_data_files",
+    "inline_external_data",
     "InitializerView",
     "masked_graph",
     "check_masked_graph",

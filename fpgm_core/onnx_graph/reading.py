@@ -1,10 +1,13 @@
 """Read an ONNX file safely: a protobuf parsed as data, never code.
 
 An ONNX model is a protobuf message: parsing it runs no code from the file. Two things in a file
-could still reach outside it, and both are refused for uploads: *external data* (tensors stored
-in other files, named by a path the file chooses — an upload must not make us read local files)
-and graphs the checker rejects. A file given on the command line (trusted, like any path the user
-types) may keep its tensors in external files beside it; onnx loads them from that folder only.
+could still reach outside it: *external data* (tensors stored in other files, named by a path the
+file chooses) and graphs the checker rejects (refused). An upload must never make us read local
+files, so its external tensors are taken only from files uploaded with it, matched by bare file
+name, offsets and lengths checked (:func:`inline_external_data`): torch's dynamo exporter writes
+``model.onnx`` plus ``model.onnx.data`` by default. A file given on the command line (trusted, like
+any path the user types) may keep its tensors in external files beside it; onnx loads them from
+that folder.
 """
 
 from __future__ import annotations
@@ -14,25 +17,80 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 
-__all__ = ["read_onnx", "graph_inputs"]
+__all__ = ["read_onnx", "graph_inputs", "external_data_files", "inline_external_data"]
+
+
+def _tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _tensors(sub)
+
+
+def _external_tensors(model) -> list:
+    from onnx.external_data_helper import uses_external_data
+
+    return [tensor for tensor in _tensors(model.graph) if uses_external_data(tensor)]
+
+
+def external_data_files(data: bytes) -> list[str]:
+    """The external files an ONNX file's tensors name (empty for a self-contained file or bytes that are no ONNX)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # not parseable: read_onnx says so
+        return []
+    return list(dict.fromkeys(ExternalDataInfo(tensor).location for tensor in _external_tensors(model)))
+
+
+def inline_external_data(data: bytes, files: dict[str, bytes], filename: str = "upload.onnx") -> bytes:
+    """A self-contained copy of an uploaded ONNX file whose tensors live in the uploaded ``files``.
+
+    Each external tensor's location must be a bare file name among ``files`` (no folders, no
+    ``..``: nothing is ever read from this machine), and its offset and length must lie inside that
+    file. ModelLoadError names the missing file otherwise.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise ModelLoadError(f"{filename}: not an ONNX model (the protobuf does not parse)") from exc
+    for tensor in _external_tensors(model):
+        info = ExternalDataInfo(tensor)
+        location = info.location
+        if not location or location != Path(location).name or location in (".", ".."):
+            raise ModelLoadError(f"{filename}: a tensor names the external file {location!r}, a path, not a file uploaded with it: refused")
+        if location not in files:
+            raise ModelLoadError(f"{filename}: its tensors are stored in {location}: upload that file together with it")
+        blob = files[location]
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length else len(blob) - offset
+        if offset < 0 or length < 0 or offset + length > len(blob):
+            raise ModelLoadError(f"{filename}: tensor {tensor.name!r} lies outside {location} (truncated?)")
+        tensor.raw_data = blob[offset:offset + length]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return model.SerializeToString()
 
 
 def _uses_external_data(model) -> bool:
-    from onnx.external_data_helper import uses_external_data
+    return bool(_external_tensors(model))
 
-    def tensors(graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                if attribute.HasField("g"):
-                    yield from tensors(attribute.g)
-                for sub in attribute.graphs:
-                    yield from tensors(sub)
 
-    return any(uses_external_data(tensor) for tensor in tensors(model.graph))
+def _external_locations(model) -> list[str]:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    return [ExternalDataInfo(tensor).location for tensor in _external_tensors(model)]
 
 
 def read_onnx(source: str | os.PathLike | bytes, filename: str | None = None):
@@ -53,9 +111,11 @@ def read_onnx(source: str | os.PathLike | bytes, filename: str | None = None):
         except (DecodeError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{name}: not an ONNX model (the protobuf does not parse: truncated, or another kind of file)") from exc
         if _uses_external_data(model):
+            files = ", ".join(dict.fromkeys(_external_locations(model)))
             raise ModelLoadError(
-                f"{name}: its tensors are stored in external files, which an upload cannot bring along and which "
-                "are never read from this machine; save it as one file: onnx.save(model, path, save_as_external_data=False)"
+                f"{name}: its tensors are stored in external files ({files}), which are never read from this machine: "
+                "upload them together with it, or save one file: torch.onnx.export(..., external_data=False) or "
+                "onnx.save(model, path, save_as_external_data=False)"
             )
     else:
         path = Path(source)
