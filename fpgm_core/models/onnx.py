@@ -3,8 +3,8 @@
 The file is parsed as a protobuf (no code runs), analysed, and converted to PyTorch by onnx2torch
 where it converts (checked against onnxruntime), else viewed through its initializers; see
 :mod:`fpgm_core.onnx_graph` for the design. Two things the user must hear come as warnings and
-in the notice: folded BatchNorm (masks of folded filters) and a graph that did not convert
-(slimming unavailable, the op named).
+with the record on ``LoadedModel.onnx``: folded BatchNorm (masks of folded filters) and a graph
+that did not convert (slimming unavailable, the op named).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def build_onnx(source: str | os.PathLike | bytes, filename: str | None = None, *
         input_shape: overrides the graph's declared input shape (needed when it leaves sizes open).
         convert: False skips onnx2torch and always uses the initializer view.
 
-    Emits FoldedBatchNormWarning and OnnxNotConvertedWarning; their texts are in ``notice`` too.
+    Emits FoldedBatchNormWarning and OnnxNotConvertedWarning (the dashboard shows the same from
+    ``LoadedModel.onnx``); ``notice`` says where the input shape was assumed.
     """
     import numpy as np
 
@@ -73,15 +74,10 @@ def build_onnx(source: str | os.PathLike | bytes, filename: str | None = None, *
         record = OnnxModel(data, name, analysis, False, reason, {layer.name: layer.output for layer in analysis.layers}, sources)
         module = InitializerView(record)
     record.__dict__["proto"] = proto  # already parsed: spare the record a second parse
-    notices = [text for text in (shape_notice,) if text]
     if analysis.folded is not None:
-        message = analysis.folded.message()
-        warnings.warn(message, FoldedBatchNormWarning, stacklevel=2)
-        notices.append(message)
+        warnings.warn(analysis.folded.message(), FoldedBatchNormWarning, stacklevel=2)
     if not record.converted:
-        message = f"{name}: {record.status()}"
-        warnings.warn(message, OnnxNotConvertedWarning, stacklevel=2)
-        notices.append(message)
+        warnings.warn(f"{name}: {record.status()}", OnnxNotConvertedWarning, stacklevel=2)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    return LoadedModel(module.eval(), name, "default", shape, " · ".join(notices) or None, record)
+    return LoadedModel(module.eval(), name, "default", shape, shape_notice, record)

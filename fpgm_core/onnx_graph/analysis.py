@@ -211,9 +211,9 @@ def _following_batchnorm(layer_output: str, consumers: dict[str, list[int]], gra
 def _folded_evidence(node, weight: str, bias: str | None) -> str | None:
     metadata = {prop.key: prop.value for prop in node.metadata_props}
     if "FuseBatchNorm" in metadata.get("pkg.onnxscript.rewriter.rule_name", ""):
-        return "onnxscript's FuseBatchNormIntoConv rewrite is recorded in the node metadata (torch's dynamo exporter)"
+        return "torch's dynamo exporter recorded onnxscript's FuseBatchNormIntoConv rewrite in the node metadata"
     if "BatchNorm" in metadata.get("pkg.torch.onnx.class_hierarchy", ""):
-        return "the node's metadata names a BatchNorm module as its source (torch's dynamo exporter)"
+        return "torch's dynamo exporter recorded a BatchNorm module as the node's source"
     if bias is not None and _CLASSIC_FOLDED_NAME.match(weight):
         return "weights named onnx::Conv_<n>, as torch's classic exporter names a Conv it fused with its BatchNorm"
     if any(_BN_NAME.search(text or "") for text in (node.name, weight, bias)):
