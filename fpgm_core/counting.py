@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.module_tracker import ModuleTracker
 
 from .layers import PRUNABLE_TYPES
-from .tracing import model_trace
+from .tracing import MODEL_LOCK, model_trace
 
 __all__ = ["CostSummary", "count_parameters", "layer_flops", "count_flops", "input_producers", "estimate_pruned_costs"]
 
@@ -72,12 +72,13 @@ def count_parameters(model: nn.Module) -> int:
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu") -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass on zeros of ``input_shape``, and FLOPs per module name.
 
-    Safe beside other threads' forward passes and traces (the counter listens to this thread only).
+    Safe beside other threads' forward passes and traces: the counter listens to this thread only,
+    and the pass holds :data:`~fpgm_core.tracing.MODEL_LOCK` shared (no export patches modules meanwhile).
     """
     sample = torch.zeros(input_shape, device=device)
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _ThreadModuleTracker()
-    with torch.no_grad(), counter:
+    with MODEL_LOCK.shared(), torch.no_grad(), counter:
         model(sample)
     per_module = {}
     for key, by_op in counter.get_flop_counts().items():

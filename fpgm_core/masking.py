@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .errors import ExportError, FpgmWarning, PlanError
 from .layers import PRUNABLE_TYPES, filter_index, prunable_layers
-from .tracing import NORM_TYPES, copy_model, model_trace
+from .tracing import MODEL_LOCK, NORM_TYPES, copy_model, model_trace
 
 __all__ = [
     "MaskCheckError",
@@ -233,7 +233,7 @@ def verify_masked(
     training = masked.training
     try:
         masked.eval()
-        with torch.no_grad():
+        with MODEL_LOCK.shared(), torch.no_grad():
             masked(sample)
     except Exception as exc:  # the model's own forward: any error means the check could not run
         raise MaskCheckError(

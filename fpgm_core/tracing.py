@@ -1,14 +1,20 @@
 """Model work that is safe beside other threads, and what a model's data flow says about its layers.
 
-**Threads.** torch.fx's symbolic tracing patches ``nn.Module.__call__`` and ``nn.Module.__getattr__``
-for the whole process while it traces. With fx's own tracer, a forward pass in another thread
-during a trace failed ("module is not installed as a submodule") and reads of the traced model's
-weights returned fx Proxies. Our tracer records only the calls of the thread that traces: every
-other thread's module calls and attribute reads pass straight through the patches, so forward
-passes elsewhere need no lock. Two traces at once would undo each other's patches, so traces hold
-:data:`MODEL_LOCK`, and they run on a copy whose tensors live on the meta device (no memory, and
-nobody else's parameters). FLOP counts (:mod:`fpgm_core.counting`) likewise attribute only their
-own thread's modules, so forward passes, latency runs and slimming run without the lock.
+**Threads.** The dashboard serves every browser session from a thread of one process, and some of
+torch's machinery is process-wide. torch.fx's symbolic tracing patches ``nn.Module.__call__`` and
+``nn.Module.__getattr__`` while it traces: with fx's own tracer, a forward pass in another thread
+failed ("module is not installed as a submodule") and reads of the traced model's weights returned
+fx Proxies. ``torch.export`` (``.pt2`` and ONNX exports) patches the same way without looking at
+threads, and another thread's forward pass meanwhile returns wrong numbers. So:
+
+* our tracer records only the calls of the thread that traces (every other thread's module calls
+  and attribute reads pass straight through its patches), traces run on a copy whose tensors live
+  on the meta device, and two traces never run at once (they would undo each other's patches);
+* FLOP counts (:mod:`fpgm_core.counting`) attribute only their own thread's modules;
+* :data:`MODEL_LOCK` is a shared/exclusive lock: forward passes, traces and FLOP counts hold it
+  *shared* (``with MODEL_LOCK.shared():``) and run side by side, so one session's long work (a
+  slim's latency runs) does not hold up the others'; exports hold it *exclusive*
+  (``with MODEL_LOCK:``) and wait for the forward passes in flight, which wait for them in turn.
 
 **Data flow.** One trace per model (cached per model object and structure, :func:`model_trace`)
 answers three questions, for masking, FLOP estimates, plans and slimming alike:
@@ -30,6 +36,7 @@ says so; the trace records why (``ModelTrace.error``) for recipes and pages.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -37,7 +44,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +54,7 @@ from .errors import TracingFallbackWarning
 from .layers import PRUNABLE_TYPES, output_width
 
 __all__ = [
+    "ModelLock",
     "MODEL_LOCK",
     "LEAF_NORM_TYPES",
     "NORM_TYPES",
@@ -60,8 +68,75 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable)
 
-# Re-entrant: a trace may be requested by work that already holds it.
-MODEL_LOCK = threading.RLock()
+
+
+class ModelLock:
+    """A re-entrant shared/exclusive lock: ``with lock:`` is exclusive, ``with lock.shared():`` shared.
+
+    Shared holders run together; an exclusive holder runs alone, and may also take it shared
+    (its own forward passes). Shared holders never wait for an exclusive holder that is only
+    waiting, so nested shared use cannot deadlock; a thread must not ask for exclusive while it
+    holds shared.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._shared: dict[int, int] = {}
+
+    def acquire(self) -> bool:
+        """Take the lock exclusively (re-entrant); waits for every other thread's shared hold to end."""
+        me = threading.get_ident()
+        with self._condition:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            while self._owner is not None or any(thread != me for thread in self._shared):
+                self._condition.wait()
+            self._owner, self._depth = me, 1
+        return True
+
+    def release(self) -> None:
+        """Give up one exclusive hold."""
+        with self._condition:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("ModelLock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._condition.notify_all()
+
+    def __enter__(self) -> "ModelLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the lock shared for the block: alongside other shared holders, never beside an exclusive one."""
+        me = threading.get_ident()
+        with self._condition:
+            while self._owner is not None and self._owner != me:
+                self._condition.wait()
+            self._shared[me] = self._shared.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                left = self._shared[me] - 1
+                if left:
+                    self._shared[me] = left
+                else:
+                    del self._shared[me]
+                    self._condition.notify_all()
+
+
+MODEL_LOCK = ModelLock()
+# Two fx traces at once would stack and then undo each other's patches of nn.Module.
+_TRACE_LOCK = threading.RLock()
 
 # Norms that normalise along dim 1 and that fx keeps as one call even when defined outside torch.nn.
 LEAF_NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -105,7 +180,7 @@ _WALK_LIMIT = 16  # ops between a layer and its norm; real models need two or th
 
 
 def holding_model_lock(function: _F) -> _F:
-    """Run ``function`` under :data:`MODEL_LOCK` (for work that traces or patches modules globally)."""
+    """Run ``function`` holding :data:`MODEL_LOCK` exclusively (for work that patches modules process-wide)."""
 
     @functools.wraps(function)
     def locked(*args, **kwargs):
@@ -174,7 +249,7 @@ class _ThreadTracer(torch.fx.Tracer):
 
 
 def _trace(model: nn.Module) -> torch.fx.Graph:
-    with MODEL_LOCK:
+    with MODEL_LOCK.shared(), _TRACE_LOCK:
         return _ThreadTracer().trace(meta_copy(model).eval())
 
 
