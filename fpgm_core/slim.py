@@ -262,21 +262,34 @@ def _update_attention_heads(analysis: Any) -> None:
                 module.attn_dim = heads * attention.head_dim
 
 
+def _no_longer_runs(exc: BaseException, slimmed: nn.Module) -> SlimError:
+    return SlimError(
+        f"the slimmed model no longer runs: {type(exc).__name__} {_where_failed(exc, slimmed)}: {str(exc)[:160]}; "
+        "the model's code fixes a width that slimming changed. Its masked export still works"
+    )
+
+
 def _where_failed(exc: BaseException, model: nn.Module) -> str:
-    """The innermost module of ``model`` on the traceback, with the line of its code that failed."""
+    """The innermost module of ``model`` on the traceback, and the line of the model's own code (not torch's) that failed."""
     names = {module: name for name, module in model.named_modules()}
-    found = None
+    torch_dir = str(Path(torch.__file__).parent)
+    module_at, code_at = None, None
     tb = exc.__traceback__
     while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
         if isinstance(owner, nn.Module) and owner in names:
-            found = (names[owner] or "the model itself", type(owner).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+            module_at = (names[owner] or "the model itself", type(owner).__name__)
+        if not frame.f_code.co_filename.startswith(torch_dir) and module_at is not None:
+            code_at = (frame.f_code.co_filename, tb.tb_lineno)
         tb = tb.tb_next
-    if found is None:
+    if module_at is None:
         return "in the model's forward pass"
-    name, kind, filename, line = found
-    code = linecache.getline(filename, line).strip()
-    return f"in {name} ({kind}) at `{code}` ({Path(filename).name}:{line})"
+    where = f"in {module_at[0]} ({module_at[1]})"
+    if code_at is not None:
+        filename, line = code_at
+        where += f", at `{linecache.getline(filename, line).strip()}` ({Path(filename).name}:{line})"
+    return where
 
 
 @contextlib.contextmanager
@@ -384,10 +397,7 @@ def _verify(original: nn.Module, slimmed: nn.Module, masks: Mapping[str, Tensor]
         except MemoryError:
             raise
         except Exception as exc:  # the model's own code meets tensors narrower than it was written for
-            raise SlimError(
-                f"the slimmed model no longer runs: {type(exc).__name__} {_where_failed(exc, slimmed)}: {str(exc)[:160]}; "
-                "the model's code fixes a width that slimming changed. Its masked export still works"
-            ) from exc
+            raise _no_longer_runs(exc, slimmed) from exc
     if reference.shape != output.shape:
         raise SlimError(f"the slimmed model's output has shape {tuple(output.shape)}, the original's {tuple(reference.shape)}")
     tolerance = _RELATIVE_TOLERANCE * float(reference.abs().max())
@@ -460,7 +470,12 @@ def slim_model(
     bytes_before = _state_dict_bytes(original)
     slimmed = _prune(selection).eval()
     params_after = count_parameters(slimmed)
-    flops_after = layer_flops(slimmed, input_shape)[0]
+    try:
+        flops_after = layer_flops(slimmed, input_shape)[0]
+    except MemoryError:
+        raise
+    except Exception as exc:  # its first forward pass: see _verify
+        raise _no_longer_runs(exc, slimmed) from exc
     verification = None
     if verify:
         diff, tolerance = _verify(original, slimmed, selection.masks, input_shape)
