@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT)]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-TIMEOUT_MS = 600_000
+TIMEOUT_MS = 1_800_000  # the old code holds every session back for the whole slim: minutes on 2 busy cores
 
 
 @dataclass

@@ -456,6 +456,15 @@ def slim_model(
                                           time_limit_s=time_limit_s)
     except GroupError as exc:
         raise SlimError(str(exc)) from exc
+    except FpgmError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # Torch-Pruning's group making or the masked probe pass, after a good analysis
+        raise SlimError(
+            f"choosing the channels to cut failed ({type(exc).__name__} {_where_failed(exc, original)}: {str(exc)[:160]}); "
+            "the masked export still works"
+        ) from exc
     rows = selection.group_rows()
     blocked = [row for row in rows if row["blocked_by"] is not None and row["planned_fraction"] > 0]
     if blocked and not selection.pruned:

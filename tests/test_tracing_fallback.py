@@ -1,4 +1,4 @@
-"""AppTest: where torch.fx cannot trace the model, the Sparsity and Export pages say that norms and outputs were guessed."""
+"""Where torch.fx cannot trace the model, the user is told: the Sparsity and Export pages, the CLI, the recipe."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ def test_the_dashboards_checkpoint_is_checked_like_the_clis():
     demo = fpgm_core.build_model("demo", "default")
     masks = fpgm_core.plan_masks(demo.model, fpgm_core.SparsityPlan(sparsity=0.3))
     assert exports.checkpoint_bytes(demo, masks, "safetensors")
+
+
+def test_the_cli_warns_once_and_the_recipe_records_it(untraceable, tmp_path, capsys):
+    import json
+
+    from cli_runner import run_cli
+
+    out = tmp_path / "demo.safetensors"
+    code, _, err = run_cli(["prune", "--arch", "demo", "--weights", "default", "--sparsity", "0.3", "--out", out], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: torch.fx could not trace DemoNet")]
+    assert len(warnings) == 1 and "registration order" in warnings[0]
+    recipe = json.loads(out.with_suffix("").with_suffix(".recipe.json").read_text())
+    assert recipe["tracing"]["data_flow"] is False and "TraceError" in recipe["tracing"]["error"]
