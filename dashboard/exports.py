@@ -1,8 +1,9 @@
 """What the Export page offers: file names, file bytes, and the code that reproduces the result.
 
-The bytes are built by the engine (``apply_masks`` on a copy, ``serialize_tensors``,
-``make_recipe``/``recipe_json``; for an ONNX model the masked graph of ``fpgm_core.onnx_graph``,
-checked in onnxruntime), so a download equals what ``python -m fpgm_core prune`` writes.
+The bytes are built by the engine (``verified_masked_state``: masked on a copy and checked,
+``serialize_tensors``, ``make_recipe``/``recipe_json``; for an ONNX model the masked graph of
+``fpgm_core.onnx_graph``, checked in onnxruntime), so a download equals what
+``python -m fpgm_core prune`` writes.
 A file that cannot be built (memory, a library error partway through serialising) becomes an
 ExportError naming the file and the cause: :func:`build_file` for files built with the page,
 :func:`built_when_clicked` for those built only when their button is clicked. Nothing partial is
@@ -24,11 +25,11 @@ from fpgm_core import (
     LayerInfo,
     LoadedModel,
     SparsityPlan,
-    apply_masks,
     make_recipe,
     recipe_json,
     serialize_tensors,
 )
+from fpgm_core.export import verified_masked_state
 
 from fpgm_core.models import arch_slug, source_kind
 
@@ -55,8 +56,8 @@ def export_stem(loaded: LoadedModel) -> str:
 
 
 def checkpoint_bytes(loaded: LoadedModel, masks: Mapping[str, Tensor], fmt: str) -> bytes:
-    """The masked state_dict as ``.pt`` or ``.safetensors`` bytes; the cached model is not touched."""
-    return serialize_tensors(apply_masks(loaded.model, masks).state_dict(), fmt)
+    """The masked state_dict as ``.pt`` or ``.safetensors`` bytes, checked as the CLI's; the cached model is not touched."""
+    return serialize_tensors(verified_masked_state(loaded.model, masks, input_shape=tuple(loaded.input_shape)), fmt)
 
 
 def onnx_bytes(loaded: LoadedModel, masks: Mapping[str, Tensor]) -> bytes:

@@ -13,6 +13,7 @@ import pandas as pd
 from torch import Tensor, nn
 
 from fpgm_core import CostSummary, LayerInfo, SparsityPlan, estimate_pruned_costs, plan_masks
+from fpgm_core.tracing import model_trace
 
 __all__ = ["format_count", "PlanSummary", "summarize", "layer_table", "apply_editor_edits", "needs_all_scores"]
 
@@ -27,11 +28,16 @@ def format_count(value: float, unit: str = "") -> str:
 
 @dataclass(frozen=True)
 class PlanSummary:
-    """What a plan does to one model: keep-masks, filters pruned per layer, costs before/after."""
+    """What a plan does to one model: keep-masks, filters pruned per layer, costs before/after.
+
+    ``tracing_note`` says, where torch.fx could not trace the model, that norms and output layers
+    were matched by registration order (the page shows it); None otherwise.
+    """
 
     masks: dict[str, Tensor]
     counts: dict[str, int]
     costs: CostSummary
+    tracing_note: str | None = None
 
     @property
     def pruned(self) -> int:
@@ -56,7 +62,7 @@ def summarize(
     masks = plan_masks(model, plan, scores=scores)
     counts = {name: int((~keep).sum()) for name, keep in masks.items()}
     costs = estimate_pruned_costs(model, masks, input_shape, flops=flops, producers=producers)
-    return PlanSummary(masks, counts, costs)
+    return PlanSummary(masks, counts, costs, model_trace(model).fallback_note)
 
 
 def layer_table(layers: list[LayerInfo], counts: Mapping[str, int], overrides: Mapping[str, float]) -> pd.DataFrame:

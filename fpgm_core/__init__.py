@@ -8,10 +8,10 @@ from ._version import __version__
 from .counting import CostSummary, count_flops, count_parameters, estimate_pruned_costs, input_producers, layer_flops
 from .devices import available_devices, resolve_device
 from .distance import METRICS, Metric, distance_matrix, fpgm_scores, pooled_distance_matrix
-from .errors import ExportError, FpgmError, ModelLoadError, PlanError
-from .export import ExportedFiles, export_masked, export_paths, serialize_tensors, write_atomically
-from .layers import LayerInfo, layer_filters, prunable_layers
-from .masking import apply_masks, following_batchnorms
+from .errors import ExportError, FpgmError, FpgmWarning, ModelLoadError, PlanError, TracingFallbackWarning
+from .export import ExportedFiles, export_masked, export_paths, serialize_tensors, verified_masked_state, write_atomically
+from .layers import LayerInfo, layer_filters, output_layer_names, prunable_layers
+from .masking import MaskCheckError, apply_masks, following_batchnorms, following_norms, verify_masked
 from .masks import check_sparsity, fpgm_mask, mask_from_scores, prune_count
 from .models import LoadedModel, build_model, classification_architectures, load_weights, read_state_dict, state_dict_mismatch
 from .plan import SparsityPlan, layer_scores, plan_counts, plan_masks, targeted_layers
@@ -30,6 +30,7 @@ __all__ = [
     "check_sparsity",
     "LayerInfo",
     "prunable_layers",
+    "output_layer_names",
     "layer_filters",
     "SparsityPlan",
     "layer_scores",
@@ -38,6 +39,9 @@ __all__ = [
     "targeted_layers",
     "apply_masks",
     "following_batchnorms",
+    "following_norms",
+    "verify_masked",
+    "MaskCheckError",
     "make_recipe",
     "plan_from_recipe",
     "read_recipe",
@@ -45,6 +49,7 @@ __all__ = [
     "model_fingerprint",
     "ExportedFiles",
     "export_masked",
+    "verified_masked_state",
     "export_paths",
     "serialize_tensors",
     "write_atomically",
@@ -66,4 +71,6 @@ __all__ = [
     "ModelLoadError",
     "PlanError",
     "ExportError",
+    "FpgmWarning",
+    "TracingFallbackWarning",
 ]

@@ -9,26 +9,39 @@ walk, since a channel there is shared). Physically slimmed models are measured, 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.module_tracker import ModuleTracker
 
 from .layers import PRUNABLE_TYPES
-from .tracing import MODEL_LOCK, fx_graph
+from .tracing import MODEL_LOCK, model_trace
 
 __all__ = ["CostSummary", "count_parameters", "layer_flops", "count_flops", "input_producers", "estimate_pruned_costs"]
 
-# Modules and functions whose output channel c depends only on input channel c.
-_CHANNELWISE_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU,
-    nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
-)
-_CHANNELWISE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.gelu}
+
+class _ThreadModuleTracker(ModuleTracker):
+    """torch's ModuleTracker (which FlopCounterMode attributes FLOPs with) deaf to other threads.
+
+    Its module hooks are process-wide: another session's forward pass meanwhile would enter its
+    modules into our count's attribution (same-class models even under the same names).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def _fw_pre_hook(self, mod, input) -> None:
+        if threading.get_ident() == self._thread:
+            super()._fw_pre_hook(mod, input)
+
+    def _fw_post_hook(self, mod, input, output) -> None:
+        if threading.get_ident() == self._thread:
+            super()._fw_post_hook(mod, input, output)
 
 
 @dataclass(frozen=True)
@@ -57,10 +70,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu") -> tuple[int, dict[str, int]]:
-    """Total FLOPs of one forward pass on zeros of ``input_shape``, and FLOPs per module name."""
+    """Total FLOPs of one forward pass on zeros of ``input_shape``, and FLOPs per module name.
+
+    Safe beside other threads' forward passes and traces: the counter listens to this thread only,
+    and the pass holds :data:`~fpgm_core.tracing.MODEL_LOCK` shared (no export patches modules meanwhile).
+    """
     sample = torch.zeros(input_shape, device=device)
-    # The counter hooks every module's forward process-wide: no other forward may run meanwhile.
-    with MODEL_LOCK, torch.no_grad(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _ThreadModuleTracker()
+    with MODEL_LOCK.shared(), torch.no_grad(), counter:
         model(sample)
     per_module = {}
     for key, by_op in counter.get_flop_counts().items():
@@ -78,30 +96,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, device: str |
 def input_producers(model: nn.Module) -> dict[str, str]:
     """Map each prunable layer to the prunable layer whose output channels are its input channels.
 
-    Only direct chains through channel-wise modules count; found with torch.fx, empty if the
-    model cannot be traced.
+    Only direct chains through channel-wise modules and functions (norms of any class, activations,
+    pooling, channel permutes) count; found from the model's fx data flow
+    (:func:`fpgm_core.tracing.model_trace`), empty if the model cannot be traced.
     """
-    graph = fx_graph(model)
-    if graph is None:  # untraceable models get no input-side estimate
-        return {}
-    modules = dict(model.named_modules())
-    producers = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), PRUNABLE_TYPES):
-            continue
-        source = node.args[0] if node.args else None
-        while isinstance(source, torch.fx.Node):
-            target = modules.get(source.target) if source.op == "call_module" else None
-            if isinstance(target, PRUNABLE_TYPES):
-                producers[node.target] = source.target
-                break
-            channelwise = isinstance(target, _CHANNELWISE_MODULES) or (
-                source.op == "call_function" and source.target in _CHANNELWISE_FUNCTIONS
-            )
-            if not channelwise or not source.args:
-                break
-            source = source.args[0]
-    return producers
+    return dict(model_trace(model).producers)
 
 
 def estimate_pruned_costs(

@@ -174,7 +174,7 @@ def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         correct = 0
         with torch.no_grad():
             for start in range(0, len(y), batch_size):
-                with MODEL_LOCK:
+                with MODEL_LOCK.shared():
                     logits = model(x[start : start + batch_size].to(device))
                 pred = logits.argmax(dim=1).cpu()
                 correct += int((pred == y[start : start + batch_size]).sum())
@@ -255,7 +255,7 @@ def train_demo(
                     raise TrainingCancelled(f"training stopped at epoch {epoch} of {epochs}")
                 idx = order[start : start + _BATCH_SIZE]
                 xb = _random_shift(split.train_x[idx], gen)
-                with MODEL_LOCK:
+                with MODEL_LOCK.shared():
                     loss = F.cross_entropy(model(xb), split.train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -7,7 +7,15 @@ are results the engine still returns but the user should hear about: the CLI pri
 
 from __future__ import annotations
 
-__all__ = ["FpgmError", "ModelLoadError", "PlanError", "ExportError", "FpgmWarning", "RecipeMismatchWarning"]
+__all__ = [
+    "FpgmError",
+    "ModelLoadError",
+    "PlanError",
+    "ExportError",
+    "FpgmWarning",
+    "RecipeMismatchWarning",
+    "TracingFallbackWarning",
+]
 
 
 class FpgmError(ValueError):
@@ -32,3 +40,7 @@ class FpgmWarning(UserWarning):
 
 class RecipeMismatchWarning(FpgmWarning):
     """A recipe made on other weights was replayed: its counts apply, its filters follow these weights."""
+
+
+class TracingFallbackWarning(FpgmWarning):
+    """torch.fx could not trace the model: its norms and output layers were guessed from registration order."""

@@ -367,7 +367,7 @@ def predict(
                 if should_stop is not None and should_stop():
                     raise EvaluationCancelled("evaluation stopped")
                 # Per batch, so that long evaluations let other sessions' model work in between.
-                with MODEL_LOCK:
+                with MODEL_LOCK.shared():
                     outputs.append(model(images[start : start + batch_size].to(device)).float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, 0)
     finally:

@@ -18,10 +18,18 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ExportError
-from .masking import apply_masks
+from .masking import apply_masks, verify_masked
 from .recipe import recipe_json
 
-__all__ = ["EXPORT_FORMATS", "ExportedFiles", "export_paths", "serialize_tensors", "write_atomically", "export_masked"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportedFiles",
+    "export_paths",
+    "serialize_tensors",
+    "write_atomically",
+    "verified_masked_state",
+    "export_masked",
+]
 
 EXPORT_FORMATS = (".pt", ".pth", ".safetensors")
 
@@ -92,16 +100,36 @@ def write_atomically(files: Mapping[Path, bytes]) -> None:
             temp.unlink(missing_ok=True)
 
 
+def verified_masked_state(
+    model: nn.Module, masks: Mapping[str, Tensor], *, input_shape: tuple[int, ...] | None = None
+) -> dict[str, Tensor]:
+    """The state_dict of ``model`` masked by ``masks``, after :func:`~fpgm_core.masking.verify_masked` confirmed it.
+
+    What every masked export serialises (the CLI's files and the dashboard's downloads): a
+    MaskCheckError (an ExportError) is raised instead if any pruned channel is not exactly zero.
+    """
+    masked = apply_masks(model, masks)
+    verify_masked(masked, masks, input_shape)
+    return masked.state_dict()
+
+
 def export_masked(
-    model: nn.Module, masks: Mapping[str, Tensor], recipe: Mapping[str, Any], out: str | os.PathLike
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    recipe: Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    input_shape: tuple[int, ...] | None = None,
 ) -> ExportedFiles:
     """Write the masked state_dict of ``model`` to ``out`` with its masks and recipe beside it.
 
-    ``model`` is not modified. Nothing is written unless all three files can be.
+    ``model`` is not modified. Nothing is written unless all three files can be, and unless a
+    forward pass on ``input_shape`` (or the shape the model declares) confirms that every pruned
+    channel is exactly zero after its layer and its norm (:func:`verified_masked_state`).
     """
     paths = export_paths(out)
     fmt = paths.checkpoint.suffix
-    state = apply_masks(model, masks).state_dict()
+    state = verified_masked_state(model, masks, input_shape=input_shape)
     write_atomically(
         {
             paths.checkpoint: serialize_tensors(state, fmt),

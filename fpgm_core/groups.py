@@ -29,7 +29,6 @@ on a forward pass, to receive non-zero values in channels the group removes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
@@ -37,16 +36,20 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from .bounded import TimeLimitExceeded, run_bounded
 from .errors import FpgmError
-from .layers import PRUNABLE_TYPES, is_depthwise, output_layer_name, output_width, prunable_layers
-from .masking import apply_masks, following_batchnorms
+from .layers import PRUNABLE_TYPES, is_depthwise, output_layer_names, output_width, prunable_layers
+from .masking import apply_masks, following_norms
 from .masks import prune_count
 from .plan import SparsityPlan, layer_scores, plan_counts
-from .tracing import holding_model_lock
+from .tracing import MODEL_LOCK, copy_model
 
 __all__ = [
+    "ANALYSIS_TIME_LIMIT_S",
     "GroupError",
     "ChannelGroup",
+    "AttentionHeads",
+    "attention_heads",
     "GroupSelection",
     "FPGMGroupImportance",
     "analyse_groups",
@@ -57,7 +60,10 @@ __all__ = [
 
 _CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+# Longest wait for Torch-Pruning's analysis (build + group search); resnet50 needs ~2 s on a busy 2-core machine.
+ANALYSIS_TIME_LIMIT_S = 120.0
 # Torch-Pruning's operations that remove output channels of a conv or linear: the filters FPGM scores.
+_SPLITTING_OPS = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND)
 _FILTER_REMOVALS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 
 
@@ -71,6 +77,8 @@ class ChannelGroup:
 
     ``layers`` lose output channels, ``consumers`` lose input channels, ``norms`` lose features;
     ``blocked_by`` names the layer that keeps the group whole, with ``reason``, or is None.
+    ``heads`` > 1 marks a multi-head attention group: its channels (the output projection's inputs,
+    ``heads`` contiguous blocks) are removed a whole head at a time.
     """
 
     index: int
@@ -82,6 +90,7 @@ class ChannelGroup:
     channel_groups: int = 1
     blocked_by: str | None = None
     reason: str | None = None
+    heads: int = 1
 
     @property
     def coupled(self) -> bool:
@@ -103,6 +112,7 @@ class GroupAnalysis:
     tp_groups: list[Any]
     names: dict[Any, str]
     input_shape: tuple[int, ...]
+    heads: dict[str, AttentionHeads] = field(default_factory=dict)
 
     def pruning_group(self, index: int, root_idxs: list[int]) -> Any:
         """Torch-Pruning's group removing ``root_idxs`` (root numbering) of group ``index``, as the graph is now."""
@@ -126,9 +136,79 @@ def _channel_groups(group: Any) -> int:
     return found
 
 
-def _record(index: int, group: Any, graph: Any, names: Mapping[Any, str], followers: Mapping[str, str]) -> ChannelGroup:
+@dataclass(frozen=True)
+class AttentionHeads:
+    """A multi-head attention module as timm and many others write it: a fused ``qkv`` Linear and a ``proj``.
+
+    Its qkv output reshapes to (3, ``num_heads``, ``head_dim``), so a slim can only remove whole
+    heads: the same rows of q, k and v, and the matching columns of ``proj``. ``blocked_reason`` is
+    set where the module also holds per-head parameters (relative position biases) that a slim
+    would have to cut too.
+    """
+
+    module: str
+    qkv: str
+    proj: str
+    num_heads: int
+    head_dim: int
+    blocked_reason: str | None = None
+
+
+def attention_heads(model: nn.Module) -> dict[str, AttentionHeads]:
+    """The model's attention modules keyed by their qkv layer's name (what Torch-Pruning's ``num_heads`` names)."""
+    found = {}
+    for name, module in model.named_modules():
+        heads, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+        qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+        if not (isinstance(heads, int) and isinstance(head_dim, int) and isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+            continue
+        if qkv.out_features != 3 * heads * head_dim or proj.in_features != heads * head_dim or heads < 2:
+            continue
+        prefix = f"{name}." if name else ""
+        per_head = [
+            pname for pname, p in module.named_parameters()
+            if not pname.startswith(("qkv.", "proj.")) and heads in p.shape
+        ]
+        reason = None
+        if per_head:
+            reason = (f"attention holds per-head parameters ({prefix}{per_head[0]}) besides qkv and proj; "
+                      "removing heads would have to cut them too, which is not done")
+        found[f"{prefix}qkv"] = AttentionHeads(name, f"{prefix}qkv", f"{prefix}proj", heads, head_dim, reason)
+    return found
+
+
+def _attention_of(group: Any, names: Mapping[Any, str], heads: Mapping[str, AttentionHeads], graph: Any) -> AttentionHeads | None:
+    for item in group:
+        name = names.get(item.dep.target.module) if isinstance(item.dep.target.module, nn.Module) else None
+        if name in heads and graph.is_out_channel_pruning_fn(item.dep.handler):
+            return heads[name]
+    return None
+
+
+def _fixed_split(group: Any, names: Mapping[Any, str]) -> tuple[str, str] | None:
+    """(layer, reason) if the group's channels pass a split or unbind whose sizes the model's code fixes."""
+    for item in group:
+        for node in (item.dep.source, item.dep.target):
+            if node.type in _SPLITTING_OPS:
+                layer, operation, _ = _node_location(node, names)
+                return layer or operation, (
+                    f"the {operation} operation after it splits these channels at sizes fixed in the model's code "
+                    "(torch.split, chunk or unbind): removing some would misalign or break the split"
+                )
+    return None
+
+
+def _record(
+    index: int, group: Any, graph: Any, names: Mapping[Any, str], followers: Mapping[str, tuple[str, ...]],
+    attention: "AttentionHeads | None" = None,
+) -> ChannelGroup:
     layers, consumers, norms = [], [], {}
     blocked_by, reason = None, None
+    split = _fixed_split(group, names)
+    if attention is not None and attention.blocked_reason is not None:
+        blocked_by, reason = attention.qkv, attention.blocked_reason
+    elif split is not None and attention is None:
+        blocked_by, reason = split
     for item in group:
         module, fn = item.dep.target.module, item.dep.handler
         name = names.get(module) if isinstance(module, nn.Module) else None
@@ -153,7 +233,7 @@ def _record(index: int, group: Any, graph: Any, names: Mapping[Any, str], follow
             blocked_by = name
             reason = f"{type(module).__name__} has per-channel parameters that a layer mask cannot zero"
     for norm, module in norms.items():
-        if isinstance(module, _BATCHNORMS) and blocked_by is None and not any(followers.get(layer) == norm for layer in layers):
+        if isinstance(module, _BATCHNORMS) and blocked_by is None and not any(norm in followers.get(layer, ()) for layer in layers):
             blocked_by = norm
             reason = (
                 "BatchNorm normalises channels that no pruned layer feeds directly (after a concatenation "
@@ -170,6 +250,7 @@ def _record(index: int, group: Any, graph: Any, names: Mapping[Any, str], follow
         channel_groups=_channel_groups(group),
         blocked_by=blocked_by,
         reason=reason,
+        heads=attention.num_heads if attention is not None else 1,
     )
 
 
@@ -216,7 +297,7 @@ def _check_by_forward(analysis: GroupAnalysis) -> None:
 
     hooks = [modules[name].register_forward_hook(hook_for(i, name, idxs)) for i, name, idxs in expected]
     try:
-        with torch.no_grad():
+        with MODEL_LOCK.shared(), torch.no_grad():
             masked(torch.randn(analysis.input_shape, generator=torch.Generator().manual_seed(0)))
     finally:
         for handle in hooks:
@@ -229,60 +310,114 @@ def _check_by_forward(analysis: GroupAnalysis) -> None:
         )
 
 
+def _node_of(frame: Any) -> Any:
+    # A function's arguments come first among its locals: the node it was called for.
+    return next((v for v in frame.f_locals.values() if isinstance(v, tp.dependency.Node)), None)
+
+
+def _node_location(node: Any, names: Mapping[Any, str]) -> tuple[str | None, str, bool]:
+    """(nearest layer at or before a Torch-Pruning graph node, the node's operation, whether it is that layer)."""
+    operation = type(node.grad_fn).__name__ if node.grad_fn is not None else type(node.module).__name__
+    queue, seen = [node], set()
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        name = names.get(current.module) if isinstance(current.module, nn.Module) else None
+        if name:
+            return name, operation, current is node
+        queue.extend(current.inputs)
+    return None, operation, False
+
+
+def _describe_node(node: Any, names: Mapping[Any, str]) -> str:
+    """A Torch-Pruning graph node as the user can find it: the layer, or an operation after a layer."""
+    layer, operation, itself = _node_location(node, names)
+    if layer is None:
+        return f"a {operation} operation"
+    return f"layer {layer} ({operation})" if itself else f"the {operation} operation after layer {layer}"
+
+
 def _failing_operation(exc: BaseException, names: Mapping[Any, str]) -> str | None:
     """Name the operation Torch-Pruning failed on and the nearest layer before it, from the traceback.
 
     Tracing errors carry no layer name; the graph node being processed is a local of the failing
     frame, and its nearest upstream named module tells the user where in the model to look.
     """
-    node_type = tp.dependency.Node
     frame_node = None
     tb = exc.__traceback__
     while tb is not None:
-        # A function's arguments come first among its locals: the node it was called for.
-        first = next((v for v in tb.tb_frame.f_locals.values() if isinstance(v, node_type)), None)
-        frame_node = first or frame_node
+        frame_node = _node_of(tb.tb_frame) or frame_node
         tb = tb.tb_next
-    if frame_node is None:
-        return None
-    operation = type(frame_node.grad_fn).__name__ if frame_node.grad_fn is not None else type(frame_node.module).__name__
-    queue, seen = [frame_node], set()
-    while queue:
-        node = queue.pop(0)
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        name = names.get(node.module) if isinstance(node.module, nn.Module) else None
-        if name:
-            if node is frame_node:
-                return f"blocked at layer {name} ({operation})"
-            return f"blocked at the {operation} operation after layer {name}"
-        queue.extend(node.inputs)
-    return f"blocked at a {operation} operation"
+    return f"blocked at {_describe_node(frame_node, names)}" if frame_node is not None else None
 
 
-@holding_model_lock
-def analyse_groups(model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True) -> GroupAnalysis:
+def _where_running(frame: Any, names: Mapping[Any, str]) -> str | None:
+    """Where an over-running analysis was: the innermost graph node among its frames' locals."""
+    while frame is not None:
+        node = _node_of(frame)
+        if node is not None:
+            return f"it was at {_describe_node(node, names)}"
+        frame = frame.f_back
+    return None
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """Torch-Pruning's graph, whose tracing forward pass holds the model lock shared like every forward pass."""
+
+    def _trace(self, *args: Any, **kwargs: Any) -> Any:
+        with MODEL_LOCK.shared():
+            return super()._trace(*args, **kwargs)
+
+
+def _build_graph(work: nn.Module, example: Tensor, ignored: list[nn.Module]) -> tuple[Any, list[Any]]:
+    """Torch-Pruning's dependency graph of ``work`` and all its groups (run in a bounded worker thread).
+
+    Only the tracing forward pass holds the model lock (shared); the group search, which can run
+    over its time, holds nothing.
+    """
+    with torch.enable_grad():  # grad mode is per thread
+        graph = _DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
+        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
+    return graph, groups
+
+
+def analyse_groups(
+    model: nn.Module, input_shape: tuple[int, ...], *, check: bool = True, time_limit_s: float | None = None
+) -> GroupAnalysis:
     """Trace a COPY of ``model`` with Torch-Pruning and list its groups; the model is left untouched.
 
-    Groups that would remove channels of the model's output layer are left out (its outputs are
+    Groups that would remove channels of the model's output layers are left out (their outputs are
     the classes). With ``check``, groups whose removal masking cannot reproduce are marked blocked.
-    Raises GroupError when the model cannot be traced, with Torch-Pruning's reason.
+    Torch-Pruning's analysis runs in a worker thread for at most ``time_limit_s`` seconds (default
+    :data:`ANALYSIS_TIME_LIMIT_S`) and holds no lock meanwhile. Raises GroupError when the model
+    cannot be traced, with Torch-Pruning's reason, or when the analysis runs over its time.
     """
-    work = copy.deepcopy(model).eval()
+    limit = ANALYSIS_TIME_LIMIT_S if time_limit_s is None else float(time_limit_s)
+    work = copy_model(model).eval()
     # Torch-Pruning follows autograd: a frozen model (requires_grad=False, as the dashboard caches
     # its models) would trace to no groups at all. The copy is private, so unfreeze it.
     for parameter in work.parameters():
         parameter.requires_grad_(True)
     names = {module: name for name, module in work.named_modules()}
-    output = output_layer_name(work)
     modules = dict(work.named_modules())
-    ignored = [modules[output]] if output is not None else []
+    # fx traces (which hold the model lock) happen here, before the bounded work starts.
+    ignored = [modules[name] for name in output_layer_names(work)]
+    followers = following_norms(work)
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
-            tp_groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
+        graph, tp_groups = run_bounded(
+            lambda: _build_graph(work, example, ignored), limit,
+            describe=lambda frame: _where_running(frame, names), name="fpgm-torch-pruning-analysis",
+        )
+    except TimeLimitExceeded as exc:
+        still = "" if exc.stopped else " (its worker thread is still finishing a long computation on a private copy)"
+        raise GroupError(
+            f"Torch-Pruning's dependency analysis did not finish within {exc.seconds:g} s"
+            f"{' (' + exc.where + ')' if exc.where else ''}, so this model cannot be slimmed{still}; "
+            "its masked export still works"
+        ) from None
     except FpgmError:
         raise
     except Exception as exc:  # tracing raises whatever the model's forward or tp raises
@@ -291,9 +426,17 @@ def analyse_groups(model: nn.Module, input_shape: tuple[int, ...], *, check: boo
             f"Torch-Pruning cannot slim this model: {where + ' ' if where else ''}"
             f"({type(exc).__name__}: {str(exc)[:160]}); its masked export still works"
         ) from exc
-    followers = following_batchnorms(work)
-    records = [_record(i, g, graph, names, followers) for i, g in enumerate(tp_groups)]
-    analysis = GroupAnalysis(work, graph, records, tp_groups, names, tuple(input_shape))
+    heads = attention_heads(work)
+    records = []
+    for i, group in enumerate(tp_groups):
+        attention = _attention_of(group, names, heads, graph) if heads else None
+        if attention is not None and attention.blocked_reason is None:
+            # Rooted at proj's inputs, one channel per (head, dim): Torch-Pruning maps each to the
+            # same row of q, k and v (as its MetaPruner does for num_heads).
+            proj = modules[attention.proj]
+            group = tp_groups[i] = graph.get_pruning_group(proj, tp.prune_linear_in_channels, list(range(proj.in_features)))
+        records.append(_record(i, group, graph, names, followers, attention))
+    analysis = GroupAnalysis(work, graph, records, tp_groups, names, tuple(input_shape), heads)
     if check:
         _check_by_forward(analysis)
     return analysis
@@ -384,6 +527,7 @@ def select_group_channels(
     input_shape: tuple[int, ...],
     scores: Mapping[str, Tensor] | None = None,
     device: str | torch.device | None = None,
+    time_limit_s: float | None = None,
 ) -> GroupSelection:
     """Resolve ``plan`` to the channels each dependency group of ``model`` loses.
 
@@ -393,9 +537,10 @@ def select_group_channels(
         input_shape: an input the model accepts, e.g. ``(1, 3, 224, 224)``.
         scores: FPGM scores per layer (same metric) to reuse; missing layers are scored here.
         device: where FPGM distances are computed.
+        time_limit_s: longest wait for Torch-Pruning's analysis (default :data:`ANALYSIS_TIME_LIMIT_S`).
     """
     plan = plan.validated()
-    analysis = analyse_groups(model, input_shape)
+    analysis = analyse_groups(model, input_shape, time_limit_s=time_limit_s)
     layers = prunable_layers(analysis.model)
     filters = {layer.name: layer.filters for layer in layers}
     known = dict(scores or {})
@@ -411,7 +556,7 @@ def select_group_channels(
             continue
         fraction = sum(counts.get(name, 0) / filters[name] for name in record.layers) / len(record.layers)
         fractions[record.index] = fraction
-        size = record.channels // record.channel_groups
+        size = record.heads if record.heads > 1 else record.channels // record.channel_groups
         per_group = min(prune_count(fraction, size), size - 1)
         if record.blocked_by is None and per_group > 0:
             wanted[record.index] = per_group
@@ -422,6 +567,12 @@ def select_group_channels(
     for index, per_group in wanted.items():
         record = analysis.groups[index]
         channel_score = importance(analysis.tp_groups[index])
+        if record.heads > 1:
+            # Whole heads go: a head's score is the mean of its channels' scores.
+            head_size = record.channels // record.heads
+            order = torch.argsort(channel_score.view(record.heads, head_size).mean(dim=1), stable=True)[:per_group]
+            pruned[index] = sorted(int(h) * head_size + j for h in order for j in range(head_size))
+            continue
         size = record.channels // record.channel_groups
         # Grouped convs keep equal channel groups: the same positions go in every group, chosen
         # by the score averaged over groups (as Torch-Pruning's pruners do).

@@ -21,6 +21,7 @@ __all__ = [
     "layer_filters",
     "filter_index",
     "output_layer_name",
+    "output_layer_names",
     "output_width",
     "is_depthwise",
 ]
@@ -57,26 +58,31 @@ def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1
 
 
-def output_layer_name(model: nn.Module) -> str | None:
-    """Name of the model's final classifier: the last prunable layer in registration order.
+def output_layer_names(model: nn.Module) -> tuple[str, ...]:
+    """The model's output layers: every prunable layer whose output reaches a model output without
+    passing another prunable layer (both heads of a model with two), found from the fx graph.
 
-    torchvision registers the classifier last in every classification architecture (``fc``,
-    ``classifier.N``, ``heads.head``), which a graph trace would also find but not for every model.
+    Where fx cannot trace the model, the last prunable layer in registration order stands in (with a
+    :class:`~fpgm_core.errors.TracingFallbackWarning`): torchvision registers its classifier last.
     """
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES) and getattr(module, "weight", None) is not None:
-            last = name
-    return last
+    from .tracing import model_trace  # tracing builds on this module's layer types
+
+    return model_trace(model).outputs
+
+
+def output_layer_name(model: nn.Module) -> str | None:
+    """The last-registered of the model's output layers (:func:`output_layer_names`), or None."""
+    names = output_layer_names(model)
+    return names[-1] if names else None
 
 
 def prunable_layers(model: nn.Module) -> list[LayerInfo]:
     """Every Conv1d/2d/3d, ConvTranspose1d/2d/3d (grouped and depthwise too) and Linear, in order.
 
-    The last one (the model's classifier) is flagged ``is_output``; plans leave it out unless a
-    user includes it, because pruning it removes classes.
+    The output layers (:func:`output_layer_names`, the model's classifiers) are flagged
+    ``is_output``; plans leave them out unless a user includes them, because pruning them removes classes.
     """
-    output_name = output_layer_name(model)
+    outputs = set(output_layer_names(model))
     records = []
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE_TYPES) or getattr(module, "weight", None) is None:
@@ -89,7 +95,7 @@ def prunable_layers(model: nn.Module) -> list[LayerInfo]:
                 weight_shape=tuple(module.weight.shape),
                 filters=output_width(module),
                 groups=int(getattr(module, "groups", 1)),
-                is_output=name == output_name,
+                is_output=name in outputs,
                 filter_dim=1 if transposed else 0,
             )
         )

@@ -22,6 +22,7 @@ from ._version import __version__
 from .errors import PlanError, RecipeMismatchWarning
 from .layers import LayerInfo
 from .plan import SparsityPlan
+from .tracing import model_trace
 
 __all__ = [
     "RECIPE_FORMAT",
@@ -55,7 +56,11 @@ def make_recipe(
     arch: str,
     weights: str,
 ) -> dict[str, Any]:
-    """The JSON-ready recipe of ``plan`` resolved to ``counts`` on ``model``."""
+    """The JSON-ready recipe of ``plan`` resolved to ``counts`` on ``model``.
+
+    ``tracing`` records how the norms after pruned layers and the output layers were found: from
+    the fx data flow, or (``"data_flow": false``, with fx's error) by registration order.
+    """
     plan = plan.validated()
     if callable(plan.metric):
         raise PlanError("a plan with a custom metric function cannot be saved as a recipe")
@@ -70,6 +75,7 @@ def make_recipe(
         "max_layer_sparsity": plan.max_layer_sparsity,
         "include_output": plan.include_output,
         "overrides": dict(plan.overrides),
+        "tracing": model_trace(model).to_dict(),
         "layers": {
             name: {"filters": filters[name], "pruned": int(count), "sparsity": round(count / filters[name], 6)}
             for name, count in counts.items()

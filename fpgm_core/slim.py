@@ -18,10 +18,13 @@ Exports: ``.pt2`` (``torch.export``: loads with ``torch.export.load`` without un
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
+import linecache
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,7 +41,7 @@ from .groups import GroupError, GroupSelection, select_group_channels
 from .layers import PRUNABLE_TYPES, is_depthwise, output_width
 from .masking import apply_masks
 from .plan import SparsityPlan
-from .tracing import holding_model_lock
+from .tracing import MODEL_LOCK, copy_model, holding_model_lock
 
 __all__ = [
     "SLIM_FORMATS",
@@ -225,14 +228,68 @@ def _prune(selection: GroupSelection) -> nn.Module:
     """Remove the selected channels from the analysed copy, group by group, with Torch-Pruning."""
     analysis = selection.analysis
     for index, root_idxs in selection.pruned.items():
+        record = analysis.groups[index]
         # Each group is rebuilt just before it is cut: concatenation offsets move as earlier
         # groups shrink their inputs, and the graph re-reads them when a group is made.
-        pruning = analysis.pruning_group(index, root_idxs)
-        if not analysis.graph.check_pruning_group(pruning):
-            record = analysis.groups[index]
-            raise SlimError(f"group rooted at layer {record.root}: removing {len(root_idxs)} of {record.channels} channels would empty a layer")
-        pruning.prune()
+        try:
+            pruning = analysis.pruning_group(index, root_idxs)
+            if not analysis.graph.check_pruning_group(pruning):
+                raise SlimError(f"group rooted at layer {record.root}: removing {len(root_idxs)} of {record.channels} channels would empty a layer")
+            pruning.prune()
+        except FpgmError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # Torch-Pruning's surgery raises whatever the layer it cuts raises
+            raise SlimError(
+                f"Torch-Pruning could not cut the group rooted at layer {record.root} ({type(exc).__name__}: "
+                f"{str(exc)[:160]}); the masked export still works"
+            ) from exc
+    if isinstance(analysis.model, nn.Module):
+        _update_attention_heads(analysis)
     return analysis.model
+
+
+def _update_attention_heads(analysis: Any) -> None:
+    """After whole heads left an attention's qkv, tell the module how many it has (its forward reshapes by them)."""
+    modules = dict(analysis.model.named_modules())
+    for attention in analysis.heads.values():
+        module, qkv = modules[attention.module], modules[attention.qkv]
+        heads = qkv.out_features // (3 * attention.head_dim)
+        if heads != module.num_heads:
+            module.num_heads = heads
+            if isinstance(getattr(module, "attn_dim", None), int):
+                module.attn_dim = heads * attention.head_dim
+
+
+def _no_longer_runs(exc: BaseException, slimmed: nn.Module) -> SlimError:
+    return SlimError(
+        f"the slimmed model no longer runs: {type(exc).__name__} {_where_failed(exc, slimmed)}: {str(exc)[:160]}; "
+        "the model's code fixes a width that slimming changed. Its masked export still works"
+    )
+
+
+def _where_failed(exc: BaseException, model: nn.Module) -> str:
+    """The innermost module of ``model`` on the traceback, and the line of the model's own code (not torch's) that failed."""
+    names = {module: name for name, module in model.named_modules()}
+    torch_dir = str(Path(torch.__file__).parent)
+    module_at, code_at = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and owner in names:
+            module_at = (names[owner] or "the model itself", type(owner).__name__)
+        if not frame.f_code.co_filename.startswith(torch_dir) and module_at is not None:
+            code_at = (frame.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    if module_at is None:
+        return "in the model's forward pass"
+    where = f"in {module_at[0]} ({module_at[1]})"
+    if code_at is not None:
+        filename, line = code_at
+        where += f", at `{linecache.getline(filename, line).strip()}` ({Path(filename).name}:{line})"
+    return where
 
 
 @contextlib.contextmanager
@@ -245,41 +302,12 @@ def _restore_modes(models: Mapping[str, nn.Module], modes: Mapping[str, bool]) -
             model.train(modes[label])
 
 
-@contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[int]:
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
-
-
-@holding_model_lock
-def measure_latency(
-    models: Mapping[str, nn.Module],
-    input_shape: tuple[int, ...],
-    *,
-    batch_sizes: tuple[int, ...] = (1, 32),
-    repeats: int = 10,
-    warmup: int = 2,
-    threads: int | None = None,
+def _time_runs(
+    models: Mapping[str, nn.Module], input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], repeats: int, warmup: int
 ) -> dict[str, dict[int, float]]:
-    """Median wall-clock milliseconds of one CPU forward pass, per model and batch size.
-
-    The models' runs alternate (A, B, A, B, …) so that a machine busy with something else slows
-    all of them alike, rather than whichever happened to run then.
-
-    Args:
-        models: label → model, e.g. ``{"before": original, "after": slimmed}``; put in eval mode.
-        input_shape: one input, e.g. ``(1, 3, 224, 224)``; its batch dimension is replaced.
-        repeats: timed runs per model and batch size (the median is reported), after ``warmup``.
-        threads: intra-op CPU threads during the measurement (restored after); default unchanged.
-    """
     results: dict[str, dict[int, float]] = {label: {} for label in models}
     modes = {label: model.training for label, model in models.items()}
-    with _threads(threads), torch.inference_mode(), _restore_modes(models, modes):
+    with torch.inference_mode(), _restore_modes(models, modes):
         for batch in batch_sizes:
             x = torch.randn((batch, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
             times: dict[str, list[float]] = {label: [] for label in models}
@@ -297,20 +325,85 @@ def measure_latency(
     return results
 
 
+def _latency_child(path: str) -> None:
+    """Entry of the latency subprocess: time the models saved at ``path`` with the thread count asked for."""
+    # Our own file, written a moment ago by the parent: unpickling it runs no foreign code.
+    job = torch.load(path, weights_only=False)
+    torch.set_num_threads(job["threads"])
+    results = _time_runs(job["models"], job["input_shape"], job["batch_sizes"], job["repeats"], job["warmup"])
+    torch.save({"results": results}, path)
+
+
+def _time_in_subprocess(
+    models: Mapping[str, nn.Module], input_shape: tuple[int, ...], batch_sizes: tuple[int, ...], repeats: int,
+    warmup: int, threads: int,
+) -> dict[str, dict[int, float]]:
+    """The runs of :func:`_time_runs` in a fresh Python process with ``threads`` intra-op threads.
+
+    torch's thread count is process-wide: setting it here would change every other session's.
+    """
+    with tempfile.TemporaryDirectory(prefix="fpgm-latency-") as folder:
+        path = os.path.join(folder, "job.pt")
+        job = {"models": {label: copy_model(model).cpu() for label, model in models.items()}, "threads": threads,
+               "input_shape": tuple(input_shape), "batch_sizes": tuple(batch_sizes), "repeats": repeats, "warmup": warmup}
+        torch.save(job, path)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        done = subprocess.run(
+            [sys.executable, "-c", f"from fpgm_core.slim import _latency_child; _latency_child({path!r})"],
+            env=env, capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise SlimError(f"the latency measurement with {threads} threads failed in its subprocess: {tail[0][:200]}")
+        return torch.load(path, weights_only=False)["results"]
+
+
+def measure_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """Median wall-clock milliseconds of one CPU forward pass, per model and batch size.
+
+    The models' runs alternate (A, B, A, B, …) so that a machine busy with something else slows
+    all of them alike, rather than whichever happened to run then. The runs hold the model lock
+    shared only, so other sessions' work goes on meanwhile.
+
+    Args:
+        models: label → model, e.g. ``{"before": original, "after": slimmed}``; put in eval mode.
+        input_shape: one input, e.g. ``(1, 3, 224, 224)``; its batch dimension is replaced.
+        repeats: timed runs per model and batch size (the median is reported), after ``warmup``.
+        threads: intra-op CPU threads for the runs. torch's setting is process-wide, so it is never
+            changed here: a count other than this process's runs the measurement in a subprocess.
+    """
+    if threads and threads != torch.get_num_threads():
+        return _time_in_subprocess(models, input_shape, batch_sizes, repeats, warmup, int(threads))
+    with MODEL_LOCK.shared():
+        return _time_runs(models, input_shape, batch_sizes, repeats, warmup)
+
+
 def _verify(original: nn.Module, slimmed: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[int, ...]) -> tuple[float, float]:
     """Max |slimmed − group-masked| on seeded random input, and the tolerance it must stay within."""
     masked = apply_masks(original, masks).eval()
     x = torch.randn((_VERIFY_BATCH, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with MODEL_LOCK.shared(), torch.no_grad():
         reference = masked(x)
-        output = slimmed.eval()(x)
+        try:
+            output = slimmed.eval()(x)
+        except MemoryError:
+            raise
+        except Exception as exc:  # the model's own code meets tensors narrower than it was written for
+            raise _no_longer_runs(exc, slimmed) from exc
     if reference.shape != output.shape:
         raise SlimError(f"the slimmed model's output has shape {tuple(output.shape)}, the original's {tuple(reference.shape)}")
     tolerance = _RELATIVE_TOLERANCE * float(reference.abs().max())
     return float((output - reference).abs().max()), tolerance
 
 
-@holding_model_lock
 def slim_model(
     model: nn.Module,
     plan: SparsityPlan,
@@ -322,6 +415,7 @@ def slim_model(
     latency_repeats: int = 0,
     batch_sizes: tuple[int, ...] = (1, 32),
     threads: int | None = None,
+    time_limit_s: float | None = None,
 ) -> SlimResult:
     """Return a physically smaller copy of ``model`` without the channels ``plan`` prunes.
 
@@ -339,20 +433,38 @@ def slim_model(
             a failed check raises SlimError.
         latency_repeats: timed runs per batch size for the latency figures; 0 skips them.
         batch_sizes: batch sizes timed.
-        threads: CPU threads for the latency runs (the same before and after).
+        threads: CPU threads for the latency runs (the same before and after); a count other than
+            this process's is measured in a subprocess (see :func:`measure_latency`).
+        time_limit_s: longest wait for Torch-Pruning's analysis (default
+            :data:`fpgm_core.groups.ANALYSIS_TIME_LIMIT_S`).
+
+    Only forward passes and traces hold the model lock, shared: other sessions' work goes on
+    during a slim, its analysis and its latency runs included.
 
     Raises:
-        SlimError: the model cannot be traced (naming the blocking layer), every group the plan
-            prunes is blocked, or the slimmed model fails its check. PlanError for a bad plan.
+        SlimError: the model cannot be traced or its analysis runs over its time (naming the
+            blocking layer or operation), every group the plan prunes is blocked, the surgery or
+            the slimmed model's forward pass fails (naming the module), or the slimmed model fails
+            its check. PlanError for a bad plan.
     """
     original = model
     if model.training or any(p.device.type != "cpu" for p in model.parameters()):
         # A forward pass in training mode would update the caller's BatchNorm statistics.
-        original = copy.deepcopy(model).cpu().eval()
+        original = copy_model(model).cpu().eval()
     try:
-        selection = select_group_channels(original, plan, input_shape=input_shape, scores=scores, device=device)
+        selection = select_group_channels(original, plan, input_shape=input_shape, scores=scores, device=device,
+                                          time_limit_s=time_limit_s)
     except GroupError as exc:
         raise SlimError(str(exc)) from exc
+    except FpgmError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # Torch-Pruning's group making or the masked probe pass, after a good analysis
+        raise SlimError(
+            f"choosing the channels to cut failed ({type(exc).__name__} {_where_failed(exc, original)}: {str(exc)[:160]}); "
+            "the masked export still works"
+        ) from exc
     rows = selection.group_rows()
     blocked = [row for row in rows if row["blocked_by"] is not None and row["planned_fraction"] > 0]
     if blocked and not selection.pruned:
@@ -367,7 +479,12 @@ def slim_model(
     bytes_before = _state_dict_bytes(original)
     slimmed = _prune(selection).eval()
     params_after = count_parameters(slimmed)
-    flops_after = layer_flops(slimmed, input_shape)[0]
+    try:
+        flops_after = layer_flops(slimmed, input_shape)[0]
+    except MemoryError:
+        raise
+    except Exception as exc:  # its first forward pass: see _verify
+        raise _no_longer_runs(exc, slimmed) from exc
     verification = None
     if verify:
         diff, tolerance = _verify(original, slimmed, selection.masks, input_shape)
@@ -403,11 +520,11 @@ def slim_model(
         verification=verification,
     )
     if latency_repeats > 0:
-        with _threads(threads) as used:
-            result.threads = used
-            result.latency_ms = measure_latency(
-                {"before": original, "after": slimmed}, input_shape, batch_sizes=batch_sizes, repeats=latency_repeats
-            )
+        result.threads = int(threads) if threads else torch.get_num_threads()
+        result.latency_ms = measure_latency(
+            {"before": original, "after": slimmed}, input_shape, batch_sizes=batch_sizes, repeats=latency_repeats,
+            threads=threads,
+        )
     return result
 
 
@@ -500,6 +617,9 @@ def _run_file(fmt: str, data: bytes, x: Tensor) -> Tensor:
 def serialize_model(model: nn.Module, fmt: str, *, input_shape: tuple[int, ...], check: bool = True) -> ModelFile:
     """The bytes of ``model`` as a ``.pt2``, ``.onnx`` or ``.pt`` file, loaded back and checked.
 
+    Holds the model lock exclusively: torch.export patches nn.Module for the whole process while
+    it traces, and another thread's forward pass meanwhile would compute wrong numbers.
+
     The batch dimension is exported dynamic where the model allows. With ``check`` the file is
     loaded as a user would (torch.export.load, onnxruntime, torch.load) and its outputs compared
     with the model's on random input; a mismatch raises ExportError.
@@ -538,3 +658,4 @@ def export_slimmed(model: nn.Module, out: str | os.PathLike, *, input_shape: tup
     file = serialize_model(model, slim_format(out), input_shape=input_shape)
     write_atomically({out: file.data})
     return ModelFile(file.format, file.data, out, file.max_abs_diff, file.tolerance, file.dynamic_batch, file.note)
+

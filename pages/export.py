@@ -28,6 +28,8 @@ def page() -> None:
     except PlanError as exc:
         plan_error(exc)
         return
+    if summary.tracing_note:
+        st.warning(f"{summary.tracing_note[0].upper()}{summary.tracing_note[1:]}.", icon=":material/account_tree:")
     loaded, source = active.loaded, active.source
     stem = exports.export_stem(loaded)
     total = sum(layer.filters for layer in active.layers)

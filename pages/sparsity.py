@@ -33,6 +33,8 @@ def page() -> None:
     except PlanError as exc:
         plan_error(exc)
         return
+    if summary.tracing_note:
+        st.warning(f"{summary.tracing_note[0].upper()}{summary.tracing_note[1:]}.", icon=":material/account_tree:")
     _metrics(active, summary)
     table = layer_table(active.layers, summary.counts, session.overrides)
     left, right = st.columns([3, 2], gap="large")

@@ -42,3 +42,15 @@ def test_no_masks_means_no_change_and_more_sparsity_means_fewer_flops():
         assert costs.flops_after < previous
         previous = costs.flops_after
     assert 0 < costs.flops_removed < 1 and 0 < costs.params_removed < 1
+
+
+def test_producers_are_found_through_batchnorm_subclasses_outside_torch_nn():
+    from test_masking import BatchNormAct
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct(8), nn.Conv2d(8, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    assert input_producers(model) == {"2": "0", "4": "2"}
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[:4] = False
+    costs = estimate_pruned_costs(model, {"0": keep}, (1, 3, 10, 10))
+    # Half of conv 2's input channels go with conv 0's filters: its weight and FLOPs halve too.
+    assert costs.params_before - costs.params_after == 4 * 27 + 4 + 4 * 4 * 9

@@ -42,7 +42,7 @@ def _load(path):
 def test_round_trip_loads_strictly_with_zeros_exactly_where_masked(tmp_path, resnet_and_masks, suffix):
     model, masks, recipe = resnet_and_masks
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    files = export_masked(model, masks, recipe, tmp_path / f"pruned{suffix}")
+    files = export_masked(model, masks, recipe, tmp_path / f"pruned{suffix}", input_shape=(1, 3, 64, 64))
     assert files.masks.name == f"pruned.masks{suffix}" and files.recipe.name == "pruned.recipe.json"
     state = _load(files.checkpoint)
     fresh = torchvision.models.resnet18(weights=None)

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fpgm_core import layer_filters, prunable_layers
+from fpgm_core import layer_filters, output_layer_names, prunable_layers
 from fpgm_core.layers import filter_index
 
 
@@ -69,3 +69,29 @@ def test_transposed_filter_row_is_what_produces_that_output_channel(layer, shape
         others = [c for c in range(layer.out_channels) if c != channel]
         torch.testing.assert_close(out[:, others], full[:, others])
         assert torch.equal(layer_filters(pruned)[channel], torch.zeros_like(filters[channel]))
+
+
+class TwoHeads(nn.Module):
+    """LeViT's pattern: a classifier and a distillation head, averaged; a projection registered last but run first."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.head_dist = nn.Linear(16, 10)
+        self.stem = nn.Conv2d(3, 16, 3)
+        self.late_registered = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        x = self.late_registered(self.stem(x)).mean((2, 3))
+        return (self.head(x) + self.head_dist(x)) / 2
+
+
+def test_every_layer_whose_output_reaches_the_model_output_is_an_output_layer():
+    layers = prunable_layers(TwoHeads())
+    assert [l.name for l in layers if l.is_output] == ["head", "head_dist"]
+    assert output_layer_names(TwoHeads()) == ("head", "head_dist")
+
+
+def test_a_conv_classifier_through_pooling_is_the_output_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert output_layer_names(model) == ("2",)

@@ -2,11 +2,27 @@
 
 import copy
 
+import pytest
 import torch
 import torchvision
 from torch import nn
 
-from fpgm_core import SparsityPlan, apply_masks, following_batchnorms, plan_masks
+from dashboard.summary import summarize
+from fpgm_core import (
+    MaskCheckError,
+    SparsityPlan,
+    TracingFallbackWarning,
+    apply_masks,
+    export_masked,
+    following_batchnorms,
+    following_norms,
+    layer_flops,
+    make_recipe,
+    plan_counts,
+    plan_masks,
+    prunable_layers,
+    verify_masked,
+)
 
 
 class Chain(nn.Module):
@@ -105,3 +121,150 @@ def test_grouped_transposed_conv_masks_output_channels():
     out = masked(torch.randn(1, 4, 5, 5))
     assert torch.all(out[:, ~keep] == 0)
     assert torch.all(out[:, keep].abs().sum((0, 2, 3)) > 0)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm subclass outside torch.nn with its activation inside, as timm's BatchNormAct2d:
+    fx traces into its forward, so it never shows up as a module call."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(x)
+
+
+class ChannelsLastNorm(nn.Module):
+    """A LayerNorm over channels that permutes around F.layer_norm, as timm's LayerNorm2d (not a torch.nn subclass)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(width) + 0.5)
+        self.beta = nn.Parameter(torch.rand(width) - 0.5)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, (x.shape[-1],), self.gamma, self.beta)
+        return x.permute(0, 3, 1, 2)
+
+
+class Norms(nn.Module):
+    """One conv before each kind of norm a pruned layer can feed."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.c_bnact = nn.Conv2d(3, width, 3, padding=1)
+        self.bnact = BatchNormAct(width)
+        self.c_gn = nn.Conv2d(width, width, 3, padding=1)
+        self.gn = nn.GroupNorm(2, width)
+        self.c_ln = nn.Conv2d(width, width, 1)
+        self.ln = nn.LayerNorm(width)
+        self.c_fln = nn.Conv2d(width, width, 1)
+        self.fln = ChannelsLastNorm(width)
+        self.c_after_act = nn.Conv2d(width, width, 1)
+        self.act = nn.ReLU()
+        self.bn_after_act = nn.BatchNorm2d(width)
+        self.c_plain_bn = nn.Conv2d(width, width, 1)
+        self.plain_bn = nn.BatchNorm2d(width, affine=False)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = self.gn(self.c_gn(self.bnact(self.c_bnact(x))))
+        x = self.ln(self.c_ln(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.fln(self.c_fln(x))
+        x = self.bn_after_act(self.act(self.c_after_act(x)))
+        x = self.plain_bn(self.c_plain_bn(x))
+        return self.head(x.mean((2, 3)))
+
+
+def _randomise_norms(model):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=generator) * 2 - 1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+            for name in ("weight", "bias"):
+                parameter = getattr(module, name, None)
+                if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and parameter is not None:
+                    parameter.copy_(torch.rand(parameter.shape, generator=generator) + (0.5 if name == "weight" else -0.5))
+    return model
+
+
+def test_every_kind_of_norm_after_a_pruned_layer_is_found_and_zeroed():
+    model = _randomise_norms(Norms()).eval()
+    assert following_norms(model) == {
+        "c_bnact": ("bnact",), "c_gn": ("gn",), "c_ln": ("ln",), "c_fln": ("fln",),
+        "c_after_act": ("bn_after_act",), "c_plain_bn": ("plain_bn",),
+    }
+    keep = torch.tensor([True, False, True, True, False, True, True, False])
+    masks = {name: keep for name in following_norms(model)}
+    masked = apply_masks(model, masks)
+    after = {}
+    hooks = [getattr(masked, n).register_forward_hook(lambda m, i, o, n=n: after.__setitem__(n, o))
+             for n in ("bnact", "gn", "fln", "bn_after_act", "plain_bn")]
+    hooks.append(masked.ln.register_forward_hook(lambda m, i, o: after.__setitem__("ln", o.permute(0, 3, 1, 2))))
+    with torch.no_grad():
+        masked(torch.randn(2, 3, 6, 6))
+    for hook in hooks:
+        hook.remove()
+    for name, output in after.items():
+        assert torch.all(output[:, ~keep] == 0), name
+        assert torch.all(output[:, keep].abs().sum((0, 2, 3)) > 0), name
+    verify_masked(masked, masks, (2, 3, 6, 6))
+
+
+def test_the_check_names_a_norm_that_masking_cannot_zero():
+    class NoAffineGroupNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.norm = nn.GroupNorm(2, 4, affine=False)  # (0 − mean of the group)/σ is not zero
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+
+    model = NoAffineGroupNorm().eval()
+    masks = {"conv": torch.tensor([True, False, True, True])}
+    with pytest.raises(MaskCheckError, match=r"layer 'conv' are not zero after GroupNorm 'norm'"):
+        verify_masked(apply_masks(model, masks), masks, (1, 3, 5, 5))
+
+
+class WrongOrder(nn.Module):
+    """Untraceable (control flow on values), with each BatchNorm registered right after the OTHER conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.bn1(self.conv1(x))
+        if x.sum() > 0:
+            x = x * 1.0
+        return self.head(self.bn2(self.conv2(x)).mean((2, 3)))
+
+
+def test_untraceable_model_warns_records_and_the_check_catches_a_wrong_order_guess(tmp_path):
+    model = _randomise_norms(WrongOrder()).eval()
+    with pytest.warns(TracingFallbackWarning, match=r"could not trace WrongOrder \(TraceError.*registration order"):
+        guessed = following_norms(model)
+    assert guessed == {"conv1": ("bn2",), "conv2": ("bn1",)}  # the guess, wrong on both counts
+    layers = prunable_layers(model)
+    plan = SparsityPlan(sparsity=0.25)
+    recipe = make_recipe(model, plan, plan_counts(layers, plan), layers, arch="wrong-order", weights="none")
+    assert recipe["tracing"]["data_flow"] is False and recipe["tracing"]["method"] == "registration order"
+    assert "TraceError" in recipe["tracing"]["error"]
+    masks = plan_masks(model, plan)
+    with pytest.raises(MaskCheckError, match="not pruned where its masks say"):
+        export_masked(model, masks, recipe, tmp_path / "m.safetensors", input_shape=(1, 3, 6, 6))
+    assert list(tmp_path.iterdir()) == []
+    summary = summarize(model, plan, {}, (1, 3, 6, 6), layer_flops(model, (1, 3, 6, 6)), {})
+    assert summary.tracing_note is not None and "registration order" in summary.tracing_note
+    traced = Chain()
+    assert summarize(traced, plan, {}, (1, 3, 6, 6), layer_flops(traced, (1, 3, 6, 6)), {}).tracing_note is None

@@ -103,3 +103,15 @@ def test_counts_plan_replays_exact_numbers(resnet):
     assert all(torch.equal(replay[k], direct[k]) for k in direct)
     with pytest.raises(PlanError, match="cannot prune 65 of 64"):
         plan_counts(layers, SparsityPlan(counts={"conv1": 65}))
+
+
+def test_a_default_plan_prunes_neither_of_two_classifier_heads():
+    from test_layers import TwoHeads
+
+    model = TwoHeads()
+    plan = SparsityPlan(sparsity=0.3)
+    counts = plan_counts(prunable_layers(model), plan)
+    assert set(counts) == {"stem", "late_registered"}
+    masks = plan_masks(model, plan)
+    assert set(masks) == {"stem", "late_registered"}
+    assert set(plan_masks(model, SparsityPlan(sparsity=0.3, include_output=True))) == {"stem", "late_registered", "head", "head_dist"}

@@ -278,6 +278,50 @@ def test_latency_is_measured_for_each_model_and_batch_and_modes_restored():
     json.dumps(summary)
 
 
+def test_latency_with_another_thread_count_never_changes_this_processs(monkeypatch):
+    # torch's thread count is process-wide: set from a dashboard request, it changed every
+    # session's. Another count is measured in a subprocess; this process's setting is not touched.
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    other = torch.get_num_threads() + 1
+    result = measure_latency({"a": _demo(), "b": _demo()}, DEMO_SHAPE, batch_sizes=(1, 2), repeats=2, warmup=0, threads=other)
+    assert calls == [] and set(result) == {"a", "b"} and all(min(v.values()) > 0 for v in result.values())
+    slimmed = slim_model(_demo(), SparsityPlan(sparsity=0.5), input_shape=DEMO_SHAPE, latency_repeats=1, batch_sizes=(1,), threads=other)
+    assert calls == [] and slimmed.threads == other and slimmed.latency_ms["after"][1] > 0
+
+
+def test_a_slim_holds_up_no_other_sessions_traces_or_counts():
+    # MODEL_LOCK was held for the whole slim, latency runs included: another session's first look
+    # at a model (its fx trace and FLOP count) waited for all of it.
+    import threading
+    import time
+
+    from fpgm_core.tracing import fx_graph
+
+    big = torchvision.models.resnet18().eval()
+    running = threading.Event()
+    done = threading.Event()
+
+    def slim() -> None:
+        running.set()
+        slim_model(big, SparsityPlan(sparsity=0.3), input_shape=SMALL, latency_repeats=30, batch_sizes=(8,))
+        done.set()
+
+    worker = threading.Thread(target=slim)
+    worker.start()
+    running.wait()
+    time.sleep(1.0)  # well into the analysis
+    other = _demo()
+    for _ in range(3):
+        assert fx_graph(other) is not None
+        assert count_flops(other, DEMO_SHAPE) > 0
+        time.sleep(0.5)
+    finished_while_slimming = not done.is_set()
+    worker.join(600)
+    assert finished_while_slimming, "the other session's trace and FLOP count waited for the whole slim"
+
+
 # --- exports ------------------------------------------------------------------------------------
 
 

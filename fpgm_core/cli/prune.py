@@ -52,14 +52,15 @@ def _cmd_prune(args: argparse.Namespace) -> dict:
     if recipe_in is not None:
         # A replay keeps the given recipe's settings; the counts and the flags are what was written,
         # so the written recipe reproduces its own checkpoint.
-        recipe = {**recipe_in, "model": recipe["model"], "fpgm_core_version": __version__, "layers": recipe["layers"]}
+        recipe = {**recipe_in, "model": recipe["model"], "fpgm_core_version": __version__, "tracing": recipe["tracing"],
+                  "layers": recipe["layers"]}
     if group_consistent:
         recipe["group_consistent"] = True
     costs = estimate_pruned_costs(model, masks, loaded.input_shape)
     if onnx_source:
         files = export_masked_onnx(loaded.onnx, masks, recipe, args.out, loaded.input_shape)
     else:
-        files = export_masked(model, masks, recipe, args.out)
+        files = export_masked(model, masks, recipe, args.out, input_shape=loaded.input_shape)
     summary = {
         "arch": loaded.arch,
         "weights": loaded.weights,

@@ -46,10 +46,27 @@ def _file_size(size: int) -> str:
 
 def _cmd_slim(args: argparse.Namespace) -> dict:
     # Imported here: Torch-Pruning and the exporters load only when a model is slimmed.
-    from ..devices import resolve_device
-    from ..slim import export_slimmed, serialize_model, slim_format, slim_model
+    from ..slim import slim_format
 
     fmt = slim_format(args.out)  # reject a bad output name before any work
+    if not args.threads:
+        return _slim(args, fmt)
+    import torch
+
+    # The CLI's process is its own: it sets its thread count for the command (the engine never
+    # does, since in the dashboard that would change every session's) and puts it back after.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _slim(args, fmt)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _slim(args: argparse.Namespace, fmt: str) -> dict:
+    from ..devices import resolve_device
+    from ..slim import export_slimmed, serialize_model, slim_model
+
     device = resolve_device(args.device)
     loaded = load_model(args)
     require_torch_graph(loaded, "slimming")
