@@ -235,6 +235,7 @@ def fine_tune(
     progress: Progress | None = None,
     batch_progress: Callable[[int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    after_step: Callable[[nn.Module, Mapping[str, Tensor]], None] | None = None,
 ) -> FineTuneResult:
     """Prune ``model`` by ``plan`` and fine-tune it; returns a new model (``model`` is not modified).
 
@@ -250,6 +251,8 @@ def fine_tune(
         progress: ``progress(epoch, metrics)`` after each epoch (and for epoch 0, before training).
         batch_progress: ``batch_progress(epoch, batch, batches)`` after each step.
         should_stop: polled before every step; True raises :class:`FineTuneStopped`.
+        after_step: ``after_step(student, masks)`` after every optimizer step, for checks; it must
+            not modify the student.
 
     Raises:
         FineTuneError: bad settings, labels needed but missing; DataError: labels out of range.
@@ -355,6 +358,8 @@ def fine_tune(
                 scheduler.step()
             if schedule.freezes:
                 keeper.zero_weights()
+            if after_step is not None:
+                after_step(student, keeper.masks)
             total += loss.detach().double() * len(images)
             seen += len(images)
             if batch_progress is not None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Mapping
 
 from ..criteria import check_criterion
-from ..errors import FpgmError
+from ..errors import FpgmError, PlanError
 
 __all__ = [
     "FineTuneError",
@@ -116,7 +116,10 @@ class FineTuneSettings:
             raise FineTuneError("regrowing filters and a sparsity ramp re-choose masks: use the per-epoch schedule")
         if ramp > epochs:
             raise FineTuneError(f"the sparsity ramp ({ramp} epochs) must end by the last epoch ({epochs})")
-        criterion = "fpgm" if self.criterion == "fpgm" else check_criterion(self.criterion)
+        try:
+            criterion = "fpgm" if self.criterion == "fpgm" else check_criterion(self.criterion)
+        except PlanError as exc:
+            raise FineTuneError(f"{exc} (or fpgm: FPGM with the plan's metric)") from exc
         temperature = None
         if self.distill_temperature is not None:
             temperature = _finite("the distillation temperature", self.distill_temperature, strictly=True)
