@@ -59,10 +59,16 @@ def test_a_resnet_retrained_under_group_masks_slims_to_those_channels():
     random_scores = criterion_scores(model, "random", seed=3)
     masks = group_masks(model, fpgm_core.SparsityPlan(sparsity=0.3), input_shape=shape, scores=random_scores)
     trained = fpgm_core.apply_masks(model, masks)
-    # Stand-in for training: every kept weight moves.
+    # Stand-in for training: every kept weight moves, away from the origin, where the zeroed filters
+    # sit; FPGM on these weights would now keep the zeroed filters (they are far from the others).
+    generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for parameter in trained.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+        for module in trained.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                weight = module.weight
+                direction = torch.randn(weight.shape[1:], generator=generator)
+                scale = 3 * weight.flatten(1).norm(dim=1).mean() / direction.norm()
+                weight.add_(scale * direction + 0.1 * weight.std() * torch.randn(weight.shape, generator=generator))
     trained = fpgm_core.apply_masks(trained, masks)
     slimmed = slim_masked(trained, masks, input_shape=shape)
     assert all(torch.equal(slimmed.masks[name], keep) for name, keep in masks.items())
