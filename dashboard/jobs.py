@@ -3,7 +3,7 @@
 A page asks for a job with a button (``on_click=request(name)``); on its next run it starts the
 work (:func:`start`) in a daemon thread, so the session stays usable (other pages, other widgets)
 and other sessions are not held up by a long script run. While it runs, :func:`watch` draws a
-fragment that reruns itself every half second: a progress bar, a Stop button and whatever the page
+fragment that reruns itself every second: a progress bar, a Stop button and whatever the page
 draws live from the job (a chart growing every epoch). When the work ends the fragment reruns the
 whole page, which collects the outcome with :func:`finish`: a result, a stop (nothing kept), or an
 error shown as a message, never a traceback.
@@ -27,7 +27,7 @@ from fpgm_core.evaluation import EvaluationCancelled
 
 __all__ = ["POLL_SECONDS", "Results", "results", "Job", "request", "requested", "start", "job", "watch", "finish", "run"]
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 
 
 class Results:

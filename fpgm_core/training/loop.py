@@ -308,7 +308,7 @@ def fine_tune(
                              train_s, time.perf_counter() - epoch_start)
         history.append(record)
         if progress is not None:
-            progress(epoch, {**record.to_dict(), "epochs": settings.epochs})
+            progress(epoch, {**record.to_dict(), "epochs": settings.epochs, "baseline_top1": _json_result(baseline)["top1"]})
         return record
 
     history: list[EpochRecord] = []

@@ -1,0 +1,248 @@
+"""The session's fine-tuned model: how it is trained (as a background job), kept, shown and exported.
+
+One fine-tuned model per session, in ``st.session_state``, keyed by the model it came from and the
+plan it was pruned by: once either changes, :func:`current` releases it (it would describe another
+model). Training runs on copies (:func:`fpgm_core.training.fine_tune`), so the cached model is
+never touched. The job reports every epoch's metrics, which the page draws as they come
+(:func:`history_figure`); the finished result becomes the session's only if the model and plan are
+still the ones it was started for.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from fpgm_core import SparsityPlan, model_fingerprint, recipe_json, serialize_tensors
+from fpgm_core.evaluation import image_transform, model_categories
+from fpgm_core.slim import SlimResult, serialize_model
+from fpgm_core.training import (
+    FineTuneResult,
+    FineTuneSettings,
+    TrainingData,
+    demo_training_data,
+    fine_tune,
+    finetune_recipe,
+    load_training_zip,
+    slim_masked,
+)
+
+from .exports import weights_argument
+from .jobs import Job
+from .slimming import plan_key
+from .state import ActiveModel
+
+__all__ = [
+    "JOB",
+    "FineTuned",
+    "finetune_key",
+    "demo_training",
+    "zip_training",
+    "current",
+    "adopt",
+    "training_work",
+    "history_figure",
+    "history_table",
+    "stem",
+    "checkpoint_bytes",
+    "masks_bytes",
+    "recipe_bytes",
+    "history_bytes",
+    "slimmed",
+    "slim_bytes",
+]
+
+JOB = "finetune"
+_SESSION_KEY = "finetuned"
+TOP1_COLOR, LOSS_COLOR, BASELINE_COLOR, UNTRAINED_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+
+
+def finetune_key(active: ActiveModel, plan: SparsityPlan) -> tuple:
+    """What a fine-tuned model belongs to: the session's model and the plan it was pruned by."""
+    return (active.key, plan_key(plan))
+
+
+@dataclass
+class FineTuned:
+    """A finished fine-tune kept for the session, with what it came from; the slim is made on demand."""
+
+    key: tuple
+    plan: SparsityPlan
+    result: FineTuneResult
+    data_source: str
+    fingerprint: str
+    _slim: SlimResult | None = field(default=None, repr=False)
+
+    @property
+    def slimmable(self) -> bool:
+        """Whether its masks are group-consistent, so slimming removes exactly its zeroed channels."""
+        return self.result.settings.group_consistent
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the digits' training split…")
+def demo_training() -> TrainingData:
+    """The demo's training split (to train on) and held-out split (to measure on)."""
+    return demo_training_data()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the training images…")
+def zip_training(digest: str, arch: str, val_fraction: float, split_seed: int, name: str, _content: bytes) -> TrainingData:
+    """Training and held-out images of an uploaded zip, with ``arch``'s transforms; shared by sessions."""
+    return load_training_zip(_content, image_transform(arch), categories=model_categories(arch), val_fraction=val_fraction,
+                             split_seed=split_seed, name=name)
+
+
+def upload_digest(content: bytes) -> str:
+    """The SHA-256 of an upload, its cache key."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def current(active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
+    """The session's fine-tuned model for this model and plan; one for another model or plan is released."""
+    session = st.session_state
+    kept = session.get(_SESSION_KEY)
+    if kept is not None and kept.key != finetune_key(active, plan):
+        del session[_SESSION_KEY]  # released: nothing else holds it
+        return None
+    return kept
+
+
+def adopt(finished: Job, active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
+    """Make a finished job's fine-tune the session's, if it still belongs to this model and plan."""
+    key, data_source = finished.key[0], finished.key[1]
+    if key != finetune_key(active, plan):
+        return None
+    result: FineTuneResult = finished.result
+    kept = FineTuned(key, plan, result, data_source, model_fingerprint(result.model))
+    st.session_state[_SESSION_KEY] = kept
+    return kept
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def training_work(
+    active: ActiveModel, plan: SparsityPlan, data: TrainingData, settings: FineTuneSettings, scores: Mapping[str, Tensor] | None
+) -> Callable[[Job], FineTuneResult]:
+    """The job's work: fine-tune a copy of the session's model, reporting each epoch to the job."""
+    settings = settings.validated()
+    model, device = active.model, active.device
+
+    def work(job: Job) -> FineTuneResult:
+        def progress(epoch: int, metrics: dict[str, Any]) -> None:
+            job.add(metrics)
+            if epoch:
+                job.report(epoch / settings.epochs, f"Epoch {epoch} of {settings.epochs} · loss {metrics['train_loss']:.3f}"
+                                                     f" · held-out top-1 {_percent(metrics['top1'])}")
+            else:
+                job.report(0.0, f"Pruned, before training: held-out top-1 {_percent(metrics['top1'])}")
+
+        def steps(epoch: int, step: int, total: int) -> None:
+            _, text, _ = job.snapshot()
+            job.report((epoch - 1 + step / total) / settings.epochs, text)
+
+        # fine_tune trains copies: the cached model is never modified.
+        return fine_tune(model, plan, data, settings, scores=scores, device=device, progress=progress,
+                         batch_progress=steps, should_stop=job.should_stop)
+
+    return work
+
+
+def history_figure(records: list[dict[str, Any]], epochs: int, baseline: float | None = None) -> go.Figure:
+    """Held-out top-1 per epoch (fine-tuned) beside the unpruned and the pruned-untrained, and the training loss."""
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    trained = [r for r in records if r["epoch"] > 0]
+    untrained = next((r for r in records if r["epoch"] == 0), None)
+    baseline = baseline if baseline is not None else next((r.get("baseline_top1") for r in records), None)
+    measure = "top1" if all(r.get("top1") is not None for r in records) else "agreement"
+    label = "held-out top-1" if measure == "top1" else "agreement with the unpruned model"
+    figure.add_trace(go.Scatter(
+        x=[0] + [r["epoch"] for r in trained], y=[untrained[measure] if untrained else None] + [r[measure] for r in trained],
+        mode="lines+markers", name=f"fine-tuned ({label})", line=dict(color=TOP1_COLOR, width=3),
+        hovertemplate="epoch %{x}<br>%{y:.1%}<extra>fine-tuned</extra>",
+    ), secondary_y=False)
+    if baseline is not None and measure == "top1":
+        figure.add_trace(go.Scatter(x=[0, epochs], y=[baseline, baseline], mode="lines", name="unpruned",
+                                    line=dict(color=BASELINE_COLOR, dash="dot", width=2),
+                                    hovertemplate="unpruned %{y:.1%}<extra></extra>"), secondary_y=False)
+    if untrained is not None:
+        figure.add_trace(go.Scatter(x=[0, epochs], y=[untrained[measure]] * 2, mode="lines", name="pruned, not trained",
+                                    line=dict(color=UNTRAINED_COLOR, dash="dash", width=2),
+                                    hovertemplate="pruned, not trained %{y:.1%}<extra></extra>"), secondary_y=False)
+    if trained:
+        figure.add_trace(go.Bar(x=[r["epoch"] for r in trained], y=[r["train_loss"] for r in trained], name="training loss",
+                                marker_color=LOSS_COLOR, opacity=0.35, hovertemplate="epoch %{x}<br>loss %{y:.3f}<extra></extra>"),
+                         secondary_y=True)
+    figure.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.14, x=0),
+                         bargap=0.5, xaxis=dict(title="epoch", range=[-0.3, epochs + 0.3], dtick=1 if epochs <= 20 else None))
+    figure.update_yaxes(title_text=label, tickformat=".0%", range=[0, 1.03], secondary_y=False)
+    figure.update_yaxes(title_text="training loss", rangemode="tozero", showgrid=False, secondary_y=True)
+    return figure
+
+
+def history_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per epoch: training loss, held-out top-1, agreement, KL, learning rate, masks changed, seconds."""
+    rows = [{"epoch": r["epoch"], "training loss": r["train_loss"], "held-out top-1": r["top1"], "agreement": r["agreement"],
+             "KL": r["kl"], "learning rate": r["lr"], "masks changed": r["masks_changed"], "seconds": r["seconds"]}
+            for r in records]
+    return pd.DataFrame(rows).set_index("epoch")
+
+
+def stem(active: ActiveModel) -> str:
+    """Base name of the fine-tuned exports, e.g. ``demo-fpgm-finetuned``."""
+    return f"{active.loaded.arch}-fpgm-finetuned"
+
+
+def checkpoint_bytes(kept: FineTuned, fmt: str) -> bytes:
+    """The fine-tuned state_dict (pruned filters exactly zero) as ``.safetensors`` or ``.pt`` bytes."""
+    return serialize_tensors(kept.result.model.state_dict(), fmt)
+
+
+def masks_bytes(kept: FineTuned, fmt: str) -> bytes:
+    """The fine-tuned model's final keep-masks (layer → bool, True = kept)."""
+    return serialize_tensors({name: keep.to(torch.bool) for name, keep in kept.result.masks.items()}, fmt)
+
+
+def recipe_bytes(kept: FineTuned, active: ActiveModel, masks_file: str) -> bytes:
+    """The recipe of the fine-tune: the plan's counts and every setting, so ``finetune --recipe`` replays it."""
+    recipe = finetune_recipe(active.model, kept.plan, kept.result, arch=active.loaded.arch,
+                             weights=weights_argument(active.loaded, active.source), masks_file=masks_file)
+    return recipe_json(recipe).encode()
+
+
+def history_bytes(kept: FineTuned) -> bytes:
+    """The per-epoch history and settings as JSON."""
+    return (json.dumps(kept.result.to_dict(), indent=2, allow_nan=False, default=_json_number) + "\n").encode()
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"{type(value).__name__} is not JSON-ready")
+
+
+def slimmed(kept: FineTuned, input_shape: tuple[int, ...]) -> SlimResult:
+    """The fine-tuned model slimmed to exactly its zeroed channels (made once, kept with it)."""
+    if kept._slim is None:
+        model = kept.result.model
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model = copy.deepcopy(model).cpu()
+        kept._slim = slim_masked(model, kept.result.masks, input_shape=input_shape)
+    return kept._slim
+
+
+def slim_bytes(kept: FineTuned, fmt: str, input_shape: tuple[int, ...]) -> bytes:
+    """The slimmed fine-tuned model as ``.pt2``, ``.onnx`` or ``.pt`` bytes, round-trip checked."""
+    return serialize_model(slimmed(kept, input_shape).model, fmt, input_shape=input_shape, check=True).data
