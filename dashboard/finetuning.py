@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from fpgm_core import SparsityPlan, model_fingerprint, recipe_json, serialize_tensors
+from fpgm_core.criteria import CRITERION_LABELS
 from fpgm_core.evaluation import image_transform, model_categories
 from fpgm_core.slim import SlimResult, serialize_model
 from fpgm_core.training import (
@@ -49,12 +50,16 @@ __all__ = [
     "finetune_key",
     "demo_training",
     "zip_training",
+    "session_training_data",
     "current",
     "adopt",
     "training_work",
     "history_figure",
     "history_table",
+    "sweep_figure",
+    "sweep_table",
     "stem",
+    "replay_command",
     "checkpoint_bytes",
     "masks_bytes",
     "recipe_bytes",
@@ -106,6 +111,20 @@ def zip_training(digest: str, arch: str, val_fraction: float, split_seed: int, n
 def upload_digest(content: bytes) -> str:
     """The SHA-256 of an upload, its cache key."""
     return hashlib.sha256(content).hexdigest()
+
+
+def session_training_data(active: ActiveModel) -> tuple[TrainingData | None, tuple | None]:
+    """The training data the session chose on the Fine-tune page (the demo's split by default), and its key."""
+    session = st.session_state
+    kind = session.get("ft_data_kind", "digits" if active.loaded.arch == "demo" else "zip")
+    if kind == "digits" and active.loaded.arch == "demo":
+        return demo_training(), ("digits", 0)
+    upload = session.get("ft_upload")
+    if upload is None:
+        return None, None
+    fraction, split_seed = float(session.get("ft_val_fraction", 0.2)), int(session.get("ft_split_seed", 0))
+    data = zip_training(upload["digest"], active.loaded.arch, fraction, split_seed, upload["name"], upload["content"])
+    return data, ("zip", upload["digest"], fraction, split_seed)
 
 
 def current(active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
@@ -200,9 +219,60 @@ def history_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("epoch")
 
 
+def sweep_figure(rows: list[dict[str, Any]], colors: Mapping[str, str]) -> go.Figure:
+    """Per criterion, top-1 after fine-tuning (solid, seeds' range shaded) and right after pruning (dotted) by sparsity."""
+    figure = go.Figure()
+    for criterion in dict.fromkeys(row["criterion"] for row in rows):
+        part = sorted((row for row in rows if row["criterion"] == criterion), key=lambda row: row["sparsity"])
+        color = colors.get(criterion, "#444")
+        x = [row["sparsity"] for row in part]
+        name = CRITERION_LABELS.get(criterion, criterion)
+        if part[0]["runs"] > 1 and part[0]["top1_min"] is not None:
+            figure.add_trace(go.Scatter(x=x + x[::-1], y=[row["top1_max"] for row in part] + [row["top1_min"] for row in part][::-1],
+                                        fill="toself", fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip",
+                                        showlegend=False))
+        figure.add_trace(go.Scatter(x=x, y=[row["top1"] for row in part], mode="lines+markers", name=f"{name}, fine-tuned",
+                                    line=dict(color=color, width=3),
+                                    hovertemplate="sparsity %{x:.0%}<br>fine-tuned %{y:.1%}<extra>" + name + "</extra>"))
+        figure.add_trace(go.Scatter(x=x, y=[row["pruned_top1"] for row in part], mode="lines+markers", name=f"{name}, not trained",
+                                    line=dict(color=color, width=1.5, dash="dot"), marker=dict(symbol="circle-open"),
+                                    hovertemplate="sparsity %{x:.0%}<br>right after pruning %{y:.1%}<extra>" + name + "</extra>"))
+    baseline = next((row["baseline_top1"] for row in rows if row["baseline_top1"] is not None), None)
+    if baseline is not None:
+        figure.add_hline(y=baseline, line_dash="dot", line_color="#444", annotation_text="unpruned", annotation_position="top right")
+    figure.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.2, x=0),
+                         xaxis=dict(title="sparsity (filters pruned per layer)", tickformat=".0%"),
+                         yaxis=dict(title="held-out top-1", tickformat=".0%", range=[0, 1.03]))
+    return figure
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The paper-style table: per criterion and sparsity, top-1 before and after fine-tuning, the drop, the FLOPs cut."""
+    def pm(mean, std):
+        return "—" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+    return pd.DataFrame([
+        {"criterion": CRITERION_LABELS.get(row["criterion"], row["criterion"]), "sparsity": f"{row['sparsity']:.0%}",
+         "unpruned": _percent(row["baseline_top1"]), "pruned": pm(row["pruned_top1"], row["pruned_top1_std"]),
+         "fine-tuned": pm(row["top1"], row["top1_std"]), "drop (points)": pm(row["drop"], row["drop_std"]),
+         "FLOPs cut": f"{row['flops_removed']:.1%}", "runs": row["runs"]}
+        for row in rows
+    ])
+
+
 def stem(active: ActiveModel) -> str:
     """Base name of the fine-tuned exports, e.g. ``demo-fpgm-finetuned``."""
     return f"{active.loaded.arch}-fpgm-finetuned"
+
+
+def replay_command(kept: FineTuned, active: ActiveModel) -> str:
+    """The headless command that replays this fine-tune from its recipe."""
+    data = "demo" if kept.result.data.get("kind") == "demo" else kept.result.data.get("name", "IMAGES.zip")
+    name = stem(active)
+    return (
+        f"python -m fpgm_core finetune --arch {active.loaded.arch} --weights {weights_argument(active.loaded, active.source)} "
+        f"--recipe {name}.recipe.json --data {data} --out {name}.safetensors"
+    )
 
 
 def checkpoint_bytes(kept: FineTuned, fmt: str) -> bytes:

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import jobs
+from dashboard import finetuning, jobs
 from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
@@ -15,12 +15,14 @@ from fpgm_core.evaluation import (
     EvaluationCancelled,
     demo_data,
     evaluate_masks,
+    evaluate_model,
     image_transform,
     load_image_zip,
     model_categories,
     predict,
 )
 from fpgm_core.sensitivity import layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
+from fpgm_core.training import SWEEP_CRITERIA, FineTuneSettings, finetuned_summary, finetuned_sweep
 
 DATA_LABELS = {"digits": "held-out digits (450 images the demo never trained on)", "zip": "upload a zip of images"}
 CRITERION_COLORS = {"fpgm-l2": "#1f77b4", "fpgm-l1": "#17becf", "norm-l1": "#ff7f0e", "norm-l2": "#d62728", "random": "#7f7f7f"}
@@ -62,9 +64,11 @@ def page() -> None:
         st.error(f"These images cannot be evaluated with this model: {exc}")
         return
     _current_plan(active, data, data_key, reference, baseline)
-    sweep_tab, sensitivity_tab = st.tabs(["Accuracy vs sparsity", "Sensitivity per layer"])
+    sweep_tab, finetuned_tab, sensitivity_tab = st.tabs(["Accuracy vs sparsity", "After fine-tuning", "Sensitivity per layer"])
     with sweep_tab:
         _sweep(active, data, data_key, reference, baseline)
+    with finetuned_tab:
+        _finetuned_sweep(active)
     with sensitivity_tab:
         _sensitivity(active, data, data_key, reference)
 
@@ -123,7 +127,26 @@ def _current_plan(active, data, data_key, reference, baseline) -> None:
     cells[1].metric("Agreement", f"{result.agreement:.1%}", help="Images whose predicted class is unchanged by pruning (needs no labels).")
     cells[2].metric("KL(original ‖ pruned)", f"{result.kl:.3f}", help="Mean KL divergence between the softmax outputs; 0 = identical.")
     cells[3].metric("FLOPs removed", f"{summary.costs.flops_removed:.1%}", help="Estimated, as on the Sparsity page.")
-    st.caption(f"On {result.n} images. The pruned filters output zero; nothing is fine-tuned.")
+    kept = finetuning.current(active, plan)
+    if kept is None:
+        st.caption(f"On {result.n} images. The pruned filters output zero; nothing is fine-tuned (the Fine-tune page "
+                   "trains the pruned model back).")
+        return
+    key = ("finetuned", kept.fingerprint, data_key)
+    tuned = jobs.results().get(key)
+    if tuned is None:
+        with st.spinner("Evaluating the fine-tuned model…"):
+            tuned = evaluate_model(kept.result.model, data, reference=reference)
+        jobs.results().put(key, tuned)
+    st.markdown(f"**Fine-tuned** · {kept.result.settings.epochs} epochs on {kept.data_source}")
+    cells = st.columns(4)
+    cells[0].metric("Top-1 (fine-tuned)", f"{tuned.top1:.1%}", f"{100 * (tuned.top1 - baseline.top1):+.1f} points vs unpruned",
+                    delta_color="normal" if tuned.top1 < baseline.top1 else "off")
+    cells[1].metric("Agreement (fine-tuned)", f"{tuned.agreement:.1%}")
+    cells[2].metric("KL (fine-tuned)", f"{tuned.kl:.3f}")
+    trained_on = "" if data_key[0] != "digits" else " It never trained on these held-out digits."
+    st.caption(f"On the same {result.n} images as the row above. Fine-tuned from this plan's pruned model; its pruned "
+               f"filters are still exactly zero.{trained_on}")
 
 
 def _sweep(active, data, data_key, reference, baseline) -> None:
@@ -156,6 +179,48 @@ def _sweep(active, data, data_key, reference, baseline) -> None:
     table.index = [f"{s:.0%}" for s in table.index]
     st.dataframe(table, width="stretch", column_config={
         column: st.column_config.NumberColumn(column, format="percent") for column in table.columns})
+
+
+def _finetuned_sweep(active) -> None:
+    """The teaching sweep after training: every criterion at a few sparsities, each point fine-tuned the same way."""
+    session = st.session_state
+    data, data_key = finetuning.session_training_data(active)
+    if data is None:
+        st.info("Fine-tuning needs training images: upload a zip on the Fine-tune page (the demo model trains on the "
+                "digits' training split).")
+        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/model_training:")
+        return
+    session.setdefault("eval_ft_criteria", list(SWEEP_CRITERIA))
+    session.setdefault("eval_ft_sparsities", [30, 50, 70])
+    session.setdefault("eval_ft_seeds", 2)
+    session.setdefault("eval_ft_epochs", 3)
+    controls = st.columns([3, 3, 1, 1, 2], gap="medium", vertical_alignment="bottom")
+    criteria = controls[0].multiselect("Criteria", CRITERIA, format_func=CRITERION_LABELS.get, key="eval_ft_criteria",
+                                       persist_state="session")
+    sparsities = controls[1].multiselect("Sparsities", list(range(10, 100, 10)), format_func=lambda s: f"{s}%",
+                                         key="eval_ft_sparsities", persist_state="session")
+    seeds = controls[2].number_input("Seeds", 1, 10, key="eval_ft_seeds", persist_state="session",
+                                     help="Each point is fine-tuned once per seed (batch order; for random also the draw).")
+    epochs = controls[3].number_input("Epochs", 1, 50, key="eval_ft_epochs", persist_state="session")
+    controls[4].button("Run the fine-tuned sweep", key="eval_run_ft_sweep", type="primary", on_click=jobs.request,
+                       args=("eval_ft_sweep",), disabled=not criteria or not sparsities, icon=":material/play_arrow:")
+    chosen = [c for c in CRITERIA if c in criteria]
+    levels = sorted(s / 100 for s in sparsities)
+    settings = FineTuneSettings(epochs=int(epochs))
+    runs = len(chosen) * len(levels) * int(seeds)
+    st.caption(f"{runs} fine-tunes of {int(epochs)} epoch{'s' if epochs != 1 else ''} each on {data.source}, with the "
+               f"Fine-tune page's defaults (AdamW, peak learning rate {settings.lr:g}, fixed masks). Every criterion prunes "
+               "the same number of filters per layer; only which filters differs.")
+    key = ("finetuned_sweep", active.key, data_key, tuple(chosen), tuple(levels), int(seeds), settings)
+    points = jobs.run("eval_ft_sweep", key, "Pruning and fine-tuning", lambda progress, stop: finetuned_sweep(
+        active.model, data, settings, sparsities=levels, criteria=chosen, seeds=range(int(seeds)), device=active.device,
+        progress=progress, should_stop=stop))
+    if not points:
+        st.caption("Run it to see what each criterion costs right after pruning and what training wins back.")
+        return
+    rows = finetuned_summary(points)
+    st.plotly_chart(finetuning.sweep_figure(rows, CRITERION_COLORS), key="eval_ft_sweep_chart", config={"displaylogo": False})
+    st.dataframe(finetuning.sweep_table(rows), width="stretch", hide_index=True)
 
 
 def _sweep_figure(rows: pd.DataFrame, measure: str, baseline: float) -> go.Figure:
