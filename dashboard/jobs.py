@@ -16,7 +16,9 @@ model) stay with the job until the page takes them.
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
@@ -28,6 +30,8 @@ from fpgm_core.evaluation import EvaluationCancelled
 __all__ = ["POLL_SECONDS", "Results", "results", "Job", "request", "requested", "start", "job", "watch", "finish", "run"]
 
 POLL_SECONDS = 1.0
+# Jobs still running, so that a shutting-down server stops them instead of killing torch mid-kernel.
+_RUNNING: "weakref.WeakSet[Job]" = weakref.WeakSet()
 
 
 class Results:
@@ -87,6 +91,7 @@ class Job:
 
     def start(self) -> "Job":
         """Start the work in its thread."""
+        _RUNNING.add(self)
         self._thread.start()
         return self
 
@@ -142,6 +147,16 @@ class Job:
         """Block until the work ends (for tests); True when it has."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+@atexit.register
+def _stop_running_jobs() -> None:
+    """At interpreter exit: ask running jobs to stop and give them a moment to end at their next check."""
+    running = list(_RUNNING)
+    for current in running:
+        current.request_stop()
+    for current in running:
+        current.wait(5.0)
 
 
 def _jobs() -> dict[str, Job]:

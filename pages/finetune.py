@@ -35,16 +35,17 @@ def page() -> None:
         return
     data, data_key = _choose_data(active)
     settings = _settings()
-    running = jobs.job(finetuning.JOB)
-    busy = running is not None and running.running
-    st.button("Start fine-tuning", key="ft_start", type="primary", on_click=jobs.request, args=(finetuning.JOB,),
-              disabled=data is None or busy, icon=":material/play_arrow:")
-    if jobs.requested(finetuning.JOB) and data is not None and not busy:
+    # The button's callback asked for the job before this run: start it before drawing the button, so
+    # that the button is already disabled while it runs.
+    if jobs.requested(finetuning.JOB) and data is not None:
         scores = cache.scores_as_tensors(cache.all_layer_scores(active.model, active.key, plan.metric, active.device))
         key = (finetuning.finetune_key(active, plan), data.source, data_key, settings)
         jobs.start(finetuning.JOB, key, "Fine-tuning", finetuning.training_work(active, plan, data, settings, scores))
     running = jobs.job(finetuning.JOB)
-    if running is not None and running.running:
+    busy = running is not None and running.running
+    st.button("Start fine-tuning", key="ft_start", type="primary", on_click=jobs.request, args=(finetuning.JOB,),
+              disabled=data is None or busy, icon=":material/play_arrow:")
+    if busy:
         jobs.watch(running, live=_live)
     _outcome(active, plan)
     kept = finetuning.current(active, plan)
