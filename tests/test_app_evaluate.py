@@ -159,18 +159,34 @@ def test_a_hostile_zip_is_refused_on_the_page(open_page):
 
 
 def test_a_running_sweep_shows_progress_and_a_stopped_one_is_not_restarted(open_page):
+    # The sweep after fine-tuning: each point trains for seconds, so Stop always lands mid-run.
     app = open_page(EVALUATE)
-    app.number_input(key="eval_seeds").set_value(20)
-    app.button(key="eval_run_sweep").click().run()
+    app.button(key="eval_run_ft_sweep").click().run()
     assert not app.exception, app.exception
     assert running_jobs(app), "the sweep should run in the background"
-    assert app.get("progress") and app.button(key="job_stop_eval_sweep")
-    app.button(key="job_stop_eval_sweep").click().run()
+    assert app.get("progress") and app.button(key="job_stop_eval_ft_sweep")
+    app.button(key="job_stop_eval_ft_sweep").click().run()
     finish_jobs(app)
     assert any(info.value.startswith("Stopped") for info in app.info)
-    assert not app.dataframe and any(caption.value.startswith("Run the sweep") for caption in app.caption)
+    assert not any("fine-tuned" in frame.value.columns for frame in app.dataframe)
     app.run()
-    assert not app.exception and not running_jobs(app) and not app.dataframe
+    assert not app.exception and not running_jobs(app)
+    assert any(caption.value.startswith("Run it to see") for caption in app.caption)
+
+
+def test_the_sweep_after_fine_tuning_shows_what_training_wins_back(open_page):
+    app = open_page(EVALUATE)
+    app.multiselect(key="eval_ft_criteria").set_value(["fpgm-l2", "norm-l2"])
+    app.multiselect(key="eval_ft_sparsities").set_value([50])
+    app.number_input(key="eval_ft_seeds").set_value(1)
+    app.number_input(key="eval_ft_epochs").set_value(2)
+    app.button(key="eval_run_ft_sweep").click().run()
+    finish_jobs(app)
+    table = next(frame.value for frame in app.dataframe if "fine-tuned" in frame.value.columns)
+    assert list(table["criterion"]) == ["FPGM (L2)", "smallest L2 norm"] and list(table["sparsity"]) == ["50%", "50%"]
+    for pruned, tuned in zip(table["pruned"], table["fine-tuned"]):
+        assert float(tuned.split()[0]) > float(pruned.split()[0]) + 50
+    assert app.get("plotly_chart")
 
 
 def test_explainer_shows_norm_and_fpgm_picks_live(open_page):
