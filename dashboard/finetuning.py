@@ -187,27 +187,29 @@ def history_figure(records: list[dict[str, Any]], epochs: int, baseline: float |
     baseline = baseline if baseline is not None else next((r.get("baseline_top1") for r in records), None)
     measure = "top1" if all(r.get("top1") is not None for r in records) else "agreement"
     label = "held-out top-1" if measure == "top1" else "agreement with the unpruned model"
+    if trained:
+        figure.add_trace(go.Bar(x=[r["epoch"] for r in trained], y=[r["train_loss"] for r in trained], name="training loss",
+                                marker_color=LOSS_COLOR, opacity=0.35, hovertemplate="epoch %{x}<br>loss %{y:.3f}<extra></extra>"),
+                         secondary_y=False)
     figure.add_trace(go.Scatter(
         x=[0] + [r["epoch"] for r in trained], y=[untrained[measure] if untrained else None] + [r[measure] for r in trained],
         mode="lines+markers", name=f"fine-tuned ({label})", line=dict(color=TOP1_COLOR, width=3),
         hovertemplate="epoch %{x}<br>%{y:.1%}<extra>fine-tuned</extra>",
-    ), secondary_y=False)
+    ), secondary_y=True)
     if baseline is not None and measure == "top1":
         figure.add_trace(go.Scatter(x=[0, epochs], y=[baseline, baseline], mode="lines", name="unpruned",
                                     line=dict(color=BASELINE_COLOR, dash="dot", width=2),
-                                    hovertemplate="unpruned %{y:.1%}<extra></extra>"), secondary_y=False)
+                                    hovertemplate="unpruned %{y:.1%}<extra></extra>"), secondary_y=True)
     if untrained is not None:
         figure.add_trace(go.Scatter(x=[0, epochs], y=[untrained[measure]] * 2, mode="lines", name="pruned, not trained",
                                     line=dict(color=UNTRAINED_COLOR, dash="dash", width=2),
-                                    hovertemplate="pruned, not trained %{y:.1%}<extra></extra>"), secondary_y=False)
-    if trained:
-        figure.add_trace(go.Bar(x=[r["epoch"] for r in trained], y=[r["train_loss"] for r in trained], name="training loss",
-                                marker_color=LOSS_COLOR, opacity=0.35, hovertemplate="epoch %{x}<br>loss %{y:.3f}<extra></extra>"),
-                         secondary_y=True)
+                                    hovertemplate="pruned, not trained %{y:.1%}<extra></extra>"), secondary_y=True)
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.14, x=0),
                          bargap=0.5, xaxis=dict(title="epoch", range=[-0.3, epochs + 0.3], dtick=1 if epochs <= 20 else None))
-    figure.update_yaxes(title_text=label, tickformat=".0%", range=[0, 1.03], secondary_y=False)
-    figure.update_yaxes(title_text="training loss", rangemode="tozero", showgrid=False, secondary_y=True)
+    # The accuracy lines sit on the second axis, which plotly draws over the first: the loss bars stay behind them.
+    figure.update_yaxes(title_text=label, tickformat=".0%", range=[0, 1.03], side="left", secondary_y=True)
+    figure.update_yaxes(title_text="training loss", rangemode="tozero", showgrid=False, tickformat=".2f", side="right",
+                        secondary_y=False)
     return figure
 
 

@@ -34,6 +34,9 @@ def page() -> None:
     st.markdown(f"**{source.label()}** · plan {plan_description(plan)} · **{summary.pruned:,} of {total:,} filters** pruned")
     st.caption("The checkpoint is the full architecture's state_dict with the pruned filters (and their BatchNorm "
                "channels) set to exactly zero, so it loads with `strict=True` into the unmodified model.")
+    if finetuning.current(active, plan) is not None:
+        st.info("These files are pruned and not trained. This session's **fine-tuned** model is further down, under "
+                "*Fine-tuned model*.", icon=":material/model_training:")
     columns = st.columns(3, gap="large")
     with columns[0]:
         st.markdown("**Masked checkpoint**")

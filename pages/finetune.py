@@ -115,7 +115,8 @@ def _settings() -> FineTuneSettings:
                                    disabled=schedule == "fixed", help="Grow the sparsity to the plan's over this many epochs.")
     group = columns[2].checkbox("Slimmable masks", key="ft_group", persist_state="session",
                                 help="Layers added together (residual connections) lose the same channels, so the fine-tuned "
-                                     "model can be exported physically smaller.")
+                                     "model can be exported physically smaller. The channels are chosen per dependency "
+                                     "group, so the untrained pruned model differs from the Sparsity page's per-layer one.")
     distill = columns[3].checkbox("Distil from the unpruned model", key="ft_distill", persist_state="session")
     temperature, weight = DEFAULTS.distill_temperature, DEFAULTS.distill_weight
     if distill:
