@@ -66,7 +66,9 @@ class EpochRecord:
     """The student after one epoch (epoch 0: pruned, before any training), measured on the held-out images.
 
     ``top1`` is None for unlabelled held-out images. ``masks_changed``: filters whose mask changed
-    at this epoch's end. ``train_seconds`` counts the training steps only, ``seconds`` the epoch.
+    at this epoch's end. ``train_seconds`` counts the training steps only (wall clock), ``seconds``
+    the epoch; ``train_cpu_seconds`` is the calling thread's CPU time in the steps (all of the work
+    with one intra-op thread), which other processes on a busy machine do not inflate.
     """
 
     epoch: int
@@ -80,6 +82,7 @@ class EpochRecord:
     images: int
     train_seconds: float
     seconds: float
+    train_cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -299,13 +302,14 @@ def fine_tune(
     baseline = compare_outputs(reference, reference, data.val_labels)
     augment = data.default_augment if settings.augment == "auto" else settings.augment
 
-    def measure(epoch: int, loss: float | None, lr: float, changed: int, images: int, train_s: float, epoch_start: float) -> EpochRecord:
+    def measure(epoch: int, loss: float | None, lr: float, changed: int, images: int, train_s: float, epoch_start: float,
+                cpu_s: float = 0.0) -> EpochRecord:
         masked_view = student if schedule.freezes else apply_masks(student, keeper.masks)
         result = compare_outputs(predict(masked_view, data.val_images), reference, data.val_labels)
         top1 = None if math.isnan(result.top1) else result.top1
         record = EpochRecord(epoch, loss, top1, result.agreement, result.kl, lr,
                              sum(int((~keep).sum()) for keep in keeper.masks.values()), changed, images,
-                             train_s, time.perf_counter() - epoch_start)
+                             train_s, time.perf_counter() - epoch_start, cpu_s)
         history.append(record)
         if progress is not None:
             progress(epoch, {**record.to_dict(), "epochs": settings.epochs, "baseline_top1": _json_result(baseline)["top1"]})
@@ -323,9 +327,10 @@ def fine_tune(
     train_labels = data.train_labels
 
     for epoch in range(1, settings.epochs + 1):
-        epoch_start = time.perf_counter()
+        epoch_start, cpu_start = time.perf_counter(), time.thread_time()
         student.train()
-        total = torch.zeros((), dtype=torch.float64, device=target)
+        # On CPU the loss is read as a number at once; on a GPU it is summed there, read once per epoch.
+        total: Tensor | float = torch.zeros((), dtype=torch.float64, device=target) if target.type != "cpu" else 0.0
         seen = 0
         for step, (images, labels) in enumerate(batches(train_images, train_labels, settings.batch_size, generator), start=1):
             if should_stop is not None and should_stop():
@@ -360,11 +365,11 @@ def fine_tune(
                 keeper.zero_weights()
             if after_step is not None:
                 after_step(student, keeper.masks)
-            total += loss.detach().double() * len(images)
+            total += (loss.detach().double() if target.type != "cpu" else float(loss.detach())) * len(images)
             seen += len(images)
             if batch_progress is not None:
                 batch_progress(epoch, step, steps_per_epoch)
-        train_seconds = time.perf_counter() - epoch_start
+        train_seconds, train_cpu = time.perf_counter() - epoch_start, time.thread_time() - cpu_start
         lr = float(optimizer.param_groups[0]["lr"])
         changed = 0
         if schedule.reselects_after(epoch):
@@ -380,7 +385,7 @@ def fine_tune(
             keeper.set_masks(new)
             keeper.zero_weights(include_norms=schedule.freezes or last)
             keeper.zero_optimizer_state(optimizer)
-        measure(epoch, float(total / max(seen, 1)), lr, changed, seen, train_seconds, epoch_start)
+        measure(epoch, float(total) / max(seen, 1), lr, changed, seen, train_seconds, epoch_start, train_cpu)
 
     student = student.to(memory_format=torch.contiguous_format).eval()
     keeper.zero_weights()  # the final masks, BN channels included, whatever the schedule
