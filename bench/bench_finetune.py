@@ -124,15 +124,18 @@ def throughput(model, data, args) -> dict:
 
 
 def five_epochs(model, data, args) -> dict:
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         result = fine_tune(model, fpgm_core.SparsityPlan(sparsity=0.3), data, FineTuneSettings(epochs=5), device=args.device)
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    print(f"\ndemo 5-epoch fine-tune at 30 %: {seconds:.2f} s median of {args.repeats} (runs {', '.join(f'{t:.2f}' for t in times)}), "
-          f"held-out top-1 {result.final.top1:.2%}; target < {TIME_TARGET_S:.0f} s: {'met' if seconds < TIME_TARGET_S else 'MISSED'}")
-    return {"seconds": seconds, "runs": times, "top1": result.final.top1}
+        cpu.append(time.thread_time() - cpu_start)
+    seconds, cpu_seconds = statistics.median(times), statistics.median(cpu)
+    print(f"\ndemo 5-epoch fine-tune at 30 %: wall {seconds:.2f} s median of {args.repeats} (runs "
+          f"{', '.join(f'{t:.2f}' for t in times)}), thread CPU time {cpu_seconds:.2f} s, held-out top-1 "
+          f"{result.final.top1:.2%}; target < {TIME_TARGET_S:.0f} s: {'met' if seconds < TIME_TARGET_S else 'MISSED'} "
+          f"(wall), {'met' if cpu_seconds < TIME_TARGET_S else 'MISSED'} (CPU)")
+    return {"seconds": seconds, "runs": times, "cpu_seconds": cpu_seconds, "cpu_runs": cpu, "top1": result.final.top1}
 
 
 def _pm(mean, std) -> str:
