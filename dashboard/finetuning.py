@@ -40,12 +40,14 @@ from fpgm_core.training import (
 )
 
 from .exports import weights_argument
+from . import jobs
 from .jobs import Job
 from .slimming import plan_key
 from .state import ActiveModel
 
 __all__ = [
     "JOB",
+    "JobKey",
     "FineTuned",
     "finetune_key",
     "demo_training",
@@ -76,6 +78,16 @@ TOP1_COLOR, LOSS_COLOR, BASELINE_COLOR, UNTRAINED_COLOR = "#1f77b4", "#ff7f0e", 
 def finetune_key(active: ActiveModel, plan: SparsityPlan) -> tuple:
     """What a fine-tuned model belongs to: the session's model and the plan it was pruned by."""
     return (active.key, plan_key(plan))
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """What a fine-tune job was started for: the model and plan (``owner``), the data, the settings."""
+
+    owner: tuple
+    data_source: str
+    data_key: tuple
+    settings: FineTuneSettings
 
 
 @dataclass
@@ -128,8 +140,17 @@ def session_training_data(active: ActiveModel) -> tuple[TrainingData | None, tup
 
 
 def current(active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
-    """The session's fine-tuned model for this model and plan; one for another model or plan is released."""
+    """The session's fine-tuned model for this model and plan; one for another model or plan is released.
+
+    A fine-tune that finished while the session was on another page is taken over here, so every page
+    sees it; one started for another model or plan is dropped, and the Fine-tune page says so.
+    """
     session = st.session_state
+    finished = jobs.job(JOB)
+    if finished is not None and finished.state == "done":
+        jobs.finish(JOB)
+        if adopt(finished, active, plan) is None:
+            session["ft_dropped"] = True
     kept = session.get(_SESSION_KEY)
     if kept is not None and kept.key != finetune_key(active, plan):
         del session[_SESSION_KEY]  # released: nothing else holds it
@@ -139,11 +160,11 @@ def current(active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
 
 def adopt(finished: Job, active: ActiveModel, plan: SparsityPlan) -> FineTuned | None:
     """Make a finished job's fine-tune the session's, if it still belongs to this model and plan."""
-    key, data_source = finished.key[0], finished.key[1]
-    if key != finetune_key(active, plan):
+    started_for: JobKey = finished.key
+    if started_for.owner != finetune_key(active, plan):
         return None
     result: FineTuneResult = finished.result
-    kept = FineTuned(key, plan, result, data_source, model_fingerprint(result.model))
+    kept = FineTuned(started_for.owner, plan, result, started_for.data_source, model_fingerprint(result.model))
     st.session_state[_SESSION_KEY] = kept
     return kept
 

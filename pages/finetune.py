@@ -39,7 +39,7 @@ def page() -> None:
     # that the button is already disabled while it runs.
     if jobs.requested(finetuning.JOB) and data is not None:
         scores = cache.scores_as_tensors(cache.all_layer_scores(active.model, active.key, plan.metric, active.device))
-        key = (finetuning.finetune_key(active, plan), data.source, data_key, settings)
+        key = finetuning.JobKey(finetuning.finetune_key(active, plan), data.source, data_key, settings)
         jobs.start(finetuning.JOB, key, "Fine-tuning", finetuning.training_work(active, plan, data, settings, scores))
     running = jobs.job(finetuning.JOB)
     busy = running is not None and running.running
@@ -135,11 +135,15 @@ def _settings() -> FineTuneSettings:
 def _live(job) -> None:
     _, _, records = job.snapshot()
     if records:
-        epochs = job.key[3].epochs
+        epochs = job.key.settings.epochs
         st.plotly_chart(finetuning.history_figure(records, epochs), key="ft_live_chart", config={"displaylogo": False})
 
 
 def _outcome(active, plan) -> None:
+    """What became of the last fine-tune: kept (by :func:`finetuning.current`), stopped, failed or dropped."""
+    finetuning.current(active, plan)  # takes over a finished fine-tune
+    if st.session_state.pop("ft_dropped", False):
+        st.warning("The model or the plan changed while it trained, so the result was dropped.")
     finished = jobs.finish(finetuning.JOB)
     if finished is None:
         return
@@ -150,8 +154,6 @@ def _outcome(active, plan) -> None:
                 "earlier fine-tuned model are as they were.")
     elif finished.state == "failed":
         st.error(f"Fine-tuning failed: {finished.error}")
-    elif finetuning.adopt(finished, active, plan) is None:
-        st.warning("The model or the plan changed while it trained, so the result was dropped.")
 
 
 def _result(active, kept) -> None:

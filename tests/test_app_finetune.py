@@ -16,42 +16,16 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
-from streamlit.runtime.media_file_manager import MediaFileManager
 
 import fpgm_core
 from app_jobs import finish_jobs, running_jobs
+from test_app_export import content, downloads  # noqa: F401 (downloads is a fixture)
 from fpgm_core.demo import digits_split
 
 FINETUNE, EXPORT, EVALUATE = "pages/finetune.py", "pages/export.py", "pages/evaluate.py"
 STEM = "demo-fpgm-finetuned"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def downloads(monkeypatch):
-    """What the page's download buttons would serve, by file name (bytes, or the deferred callable)."""
-    served: dict[str, object] = {}
-    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
-
-    def record(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
-        if file_name:
-            served[file_name] = path_or_data
-        return add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
-
-    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
-        served[file_name] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
-
-    monkeypatch.setattr(MediaFileManager, "add", record)
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
-    return served
-
-
-def content(served: dict, name: str) -> bytes:
-    value = served[name]
-    value = value() if callable(value) else value
-    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def fine_tuned(app, epochs: int = 2, **widgets):
@@ -205,3 +179,24 @@ def _empty_zip() -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("cats/readme.txt", "no pictures")
     return buffer.getvalue()
+
+
+def test_a_fine_tune_that_ends_on_another_page_is_there_and_a_plan_change_drops_it(new_app):
+    app = new_app(FINETUNE)
+    app.number_input(key="ft_epochs").set_value(1).run()
+    app.button(key="ft_start").click().run()
+    job = running_jobs(app)[0]
+    app.switch_page(EXPORT).run()
+    assert job.wait(300)
+    app.run()
+    assert any(button.label == f"{STEM}.safetensors" for button in app.download_button)
+
+    app.switch_page(FINETUNE).run()
+    app.button(key="ft_start").click().run()
+    job = running_jobs(app)[0]
+    app.session_state["sparsity_pct"] = 50  # the plan changes while it trains
+    assert job.wait(300)
+    app.run()
+    assert not app.exception, app.exception
+    assert any("was dropped" in warning.value for warning in app.warning)
+    assert "finetuned" not in app.session_state

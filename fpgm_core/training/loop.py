@@ -279,8 +279,9 @@ def fine_tune(
 
     cpu_model = _cpu_view(model)
     same_metric = criterion == f"fpgm-{plan.metric}"
+    # The plan's counts rank by its own metric (global mode); the criterion only chooses which filters.
     counts = resolve_counts(cpu_model, plan, group_consistent=settings.group_consistent, input_shape=input_shape,
-                            scores=scores if same_metric else None)
+                            scores=scores)
     generator = torch.Generator().manual_seed(settings.seed)
     masks = select_masks(cpu_model, schedule.counts(counts, 1), criterion, group_consistent=settings.group_consistent,
                          input_shape=input_shape, seed=settings.seed, scores=scores if same_metric else None)
