@@ -50,8 +50,8 @@ def _masks_file(args: argparse.Namespace) -> Path | None:
         if args.sparsity is not None or args.layer:
             raise PlanError("use either --masks or --sparsity/--layer, not both")
         return Path(args.masks)
-    if not args.recipe:
-        return None
+    if not args.recipe or args.sparsity is not None or args.layer:
+        return None  # a plan (or the either/or error) from the plan flags
     recipe = read_recipe(args.recipe)
     finetune = recipe.get("finetune")
     if not finetune:
