@@ -21,7 +21,7 @@ navigation = st.navigation(
         st.Page("pages/sparsity.py", title="Sparsity", icon=":material/tune:", url_path="sparsity"),
         st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:", url_path="evaluate"),
-        st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:", url_path="finetune"),
+        st.Page("pages/finetune.py", title="Fine-tune", icon=":material/trending_up:", url_path="finetune"),
         st.Page("pages/explainer.py", title="How FPGM works", icon=":material/school:", url_path="explainer"),
     ]
 )

@@ -188,7 +188,7 @@ def _finetuned_sweep(active) -> None:
     if data is None:
         st.info("Fine-tuning needs training images: upload a zip on the Fine-tune page (the demo model trains on the "
                 "digits' training split).")
-        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/model_training:")
+        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/trending_up:")
         return
     session.setdefault("eval_ft_criteria", list(SWEEP_CRITERIA))
     session.setdefault("eval_ft_sparsities", [30, 50, 70])

@@ -36,7 +36,7 @@ def page() -> None:
                "channels) set to exactly zero, so it loads with `strict=True` into the unmodified model.")
     if finetuning.current(active, plan) is not None:
         st.info("These files are pruned and not trained. This session's **fine-tuned** model is further down, under "
-                "*Fine-tuned model*.", icon=":material/model_training:")
+                "*Fine-tuned model*.", icon=":material/trending_up:")
     columns = st.columns(3, gap="large")
     with columns[0]:
         st.markdown("**Masked checkpoint**")
@@ -74,7 +74,7 @@ def _finetuned_section(active: ActiveModel, plan: SparsityPlan) -> None:
     if kept is None:
         st.caption("Everything above is pruned and not trained again. The Fine-tune page trains the pruned model back "
                    "to accuracy; its result is offered here.")
-        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/model_training:")
+        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/trending_up:")
         return
     result = kept.result
     stem = finetuning.stem(active)
