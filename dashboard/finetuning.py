@@ -225,10 +225,11 @@ def history_figure(records: list[dict[str, Any]], epochs: int, baseline: float |
         figure.add_trace(go.Scatter(x=[0, epochs], y=[untrained[measure]] * 2, mode="lines", name="pruned, not trained",
                                     line=dict(color=UNTRAINED_COLOR, dash="dash", width=2),
                                     hovertemplate="pruned, not trained %{y:.1%}<extra></extra>"), secondary_y=True)
-    figure.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.14, x=0),
+    figure.update_layout(height=380, margin=dict(l=75, r=10, t=30, b=40), legend=dict(orientation="h", y=1.14, x=0),
                          bargap=0.5, xaxis=dict(title="epoch", range=[-0.3, epochs + 0.3], dtick=1 if epochs <= 20 else None))
     # The accuracy lines sit on the second axis, which plotly draws over the first: the loss bars stay behind them.
-    figure.update_yaxes(title_text=label, tickformat=".0%", range=[0, 1.03], side="left", secondary_y=True)
+    figure.update_yaxes(title_text=label, tickformat=".0%", range=[0, 1.03], dtick=0.2, tick0=0, showgrid=True, side="left",
+                        secondary_y=True)
     figure.update_yaxes(title_text="training loss", rangemode="tozero", showgrid=False, tickformat=".2f", side="right",
                         secondary_y=False)
     return figure

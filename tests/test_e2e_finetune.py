@@ -117,7 +117,7 @@ def test_fine_tune_in_the_browser_download_it_and_stop_a_second_run(browser, one
         page.get_by_role("button", name="Slim the fine-tuned model").click()
         page.get_by_role("button", name=f"{STEM}-slim.pt2", exact=True).wait_for()
         idle(page)
-        page.get_by_text("Fine-tuned model", exact=True).scroll_into_view_if_needed()
+        page.get_by_role("heading", name="Fine-tuned model", exact=True).scroll_into_view_if_needed()
         shoot(page, "export-finetuned")
         slim = download(page, f"{STEM}-slim.pt2", tmp_path)
 
