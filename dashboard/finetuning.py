@@ -265,7 +265,8 @@ def sweep_figure(rows: list[dict[str, Any]], colors: Mapping[str, str]) -> go.Fi
     if baseline is not None:
         figure.add_hline(y=baseline, line_dash="dot", line_color="#444", annotation_text="unpruned", annotation_position="top right")
     figure.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.2, x=0),
-                         xaxis=dict(title="sparsity (filters pruned per layer)", tickformat=".0%"),
+                         xaxis=dict(title="sparsity (filters pruned per layer)", tickformat=".0%",
+                                    tickvals=sorted({row["sparsity"] for row in rows})),
                          yaxis=dict(title="held-out top-1", tickformat=".0%", range=[0, 1.03]))
     return figure
 

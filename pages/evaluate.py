@@ -202,7 +202,7 @@ def _finetuned_sweep(active) -> None:
     seeds = controls[2].number_input("Seeds", 1, 10, key="eval_ft_seeds", persist_state="session",
                                      help="Each point is fine-tuned once per seed (batch order; for random also the draw).")
     epochs = controls[3].number_input("Epochs", 1, 50, key="eval_ft_epochs", persist_state="session")
-    controls[4].button("Run the fine-tuned sweep", key="eval_run_ft_sweep", type="primary", on_click=jobs.request,
+    controls[4].button("Run the sweep", key="eval_run_ft_sweep", type="primary", on_click=jobs.request,
                        args=("eval_ft_sweep",), disabled=not criteria or not sparsities, icon=":material/play_arrow:")
     chosen = [c for c in CRITERIA if c in criteria]
     levels = sorted(s / 100 for s in sparsities)
