@@ -165,4 +165,4 @@ def test_finetune_sweep_prints_each_criterion_before_and_after_training(capsys):
     assert set(rows) == {"fpgm-l2", "random"}
     for row in rows.values():
         assert row["top1"] > row["pruned_top1"] + 0.3 and row["flops_removed"] > 0.4
-    assert err.count("[") == 2  # one progress line per point
+    assert err.count("[") == 3  # a line as it starts, then one per point

@@ -37,7 +37,8 @@ def test_every_point_is_pruned_then_fine_tuned_and_summarised(demo, digits):
     points = finetuned_sweep(demo, digits, FineTuneSettings(epochs=1), sparsities=(0.5,), criteria=("fpgm-l2", "random"),
                              seeds=(0, 1), executor=INLINE, progress=lambda done, total, what: progress.append((done, total, what)))
     assert [(p.criterion, p.seed) for p in points] == [("fpgm-l2", 0), ("fpgm-l2", 1), ("random", 0), ("random", 1)]
-    assert progress[-1][:2] == (4, 4) and progress[0][2] == "fpgm-l2 at 50% seed 0"
+    assert progress[0] == (0, 4, "starting with fpgm-l2 at 50% seed 0")
+    assert progress[-1][:2] == (4, 4) and progress[1][2] == "fpgm-l2 at 50% seed 0"
     for point in points:
         assert point.top1 > point.pruned_top1 + 0.3 and point.flops_removed > 0.6
         assert point.drop == pytest.approx(point.baseline_top1 - point.top1)

@@ -139,6 +139,8 @@ def finetuned_sweep(
     settings = settings.validated()
     points = [SweepPoint(c, s, int(seed)) for c in criteria for s in sparsities for seed in seeds]
     shared = SweepInputs(model, data, settings, str(device))
+    if progress is not None and points:
+        progress(0, len(points), f"starting with {points[0].label()}")  # a point takes seconds: say so at once
     return executor.run(finetune_point, shared, points, label=SweepPoint.label, progress=progress, should_stop=should_stop)
 
 
