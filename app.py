@@ -1,6 +1,6 @@
 """FPGM dashboard: ``streamlit run app.py``.
 
-Builds the navigation over the pages (Model, Heatmaps, Sparsity, Export, Evaluate, How FPGM works), initialises the
+Builds the navigation over the pages (Model, Heatmaps, Sparsity, Export, Evaluate, Fine-tune, How FPGM works), initialises the
 session's state once, and shows what the session is working on in the sidebar.
 """
 
@@ -21,6 +21,7 @@ navigation = st.navigation(
         st.Page("pages/sparsity.py", title="Sparsity", icon=":material/tune:", url_path="sparsity"),
         st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:", url_path="evaluate"),
+        st.Page("pages/finetune.py", title="Fine-tune", icon=":material/trending_up:", url_path="finetune"),
         st.Page("pages/explainer.py", title="How FPGM works", icon=":material/school:", url_path="explainer"),
     ]
 )

@@ -43,6 +43,11 @@ __all__ = [
     "image_transform",
     "model_categories",
     "extract_zip",
+    "dataset_root",
+    "class_indices",
+    "image_files",
+    "read_images",
+    "load_image_folder",
     "load_image_zip",
     "predict",
     "compare_outputs",
@@ -261,9 +266,9 @@ def extract_zip(source: str | os.PathLike | bytes, directory: str | os.PathLike)
     return written
 
 
-def _dataset_root(directory: Path) -> Path:
+def dataset_root(directory: Path) -> Path:
     """The folder holding the class folders: descends through single wrapper folders (``data/``)."""
-    root = directory
+    root = Path(directory)
     while True:
         entries = list(root.iterdir())
         folders = [entry for entry in entries if entry.is_dir()]
@@ -276,14 +281,64 @@ def _dataset_root(directory: Path) -> Path:
         root = folders[0]
 
 
-def _class_indices(folders: Sequence[str], categories: Sequence[str]) -> tuple[dict[str, int], str]:
-    """Model class index of each folder name, and which rule gave it."""
+def class_indices(folders: Sequence[str], categories: Sequence[str]) -> tuple[dict[str, int], str]:
+    """Model class index of each folder name, and which rule gave it (see the module's docstring)."""
     if all(name.isdigit() for name in folders):
         return {name: int(name) for name in folders}, "folder names are class indices"
     lookup = {category.lower().replace(" ", "_"): index for index, category in enumerate(categories)}
     if categories and all(name.lower().replace(" ", "_") in lookup for name in folders):
         return {name: lookup[name.lower().replace(" ", "_")] for name in folders}, "folder names are category names"
     return {name: index for index, name in enumerate(sorted(folders))}, "sorted folder names are class indices 0, 1, …"
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any depth), sorted, by suffix."""
+    return [path for path in sorted(Path(folder).rglob("*")) if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES]
+
+
+def read_images(files: Sequence[Path], transform: Callable, root: Path) -> Tensor:
+    """The images of ``files`` transformed and stacked (N, C, H, W); DataError names an unreadable one."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(transform(image.convert("RGB")))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{path.relative_to(root)} is not a readable image ({type(exc).__name__})") from exc
+    try:
+        return torch.stack(images)
+    except RuntimeError as exc:
+        raise DataError("the transformed images differ in size; the transform must crop to one size") from exc
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    transform: Callable,
+    *,
+    categories: Sequence[str] = (),
+    max_images: int = MAX_IMAGES,
+    indices: tuple[dict[str, int], str] | None = None,
+) -> EvalData:
+    """Images of an extracted folder in ImageFolder layout (``root/class/image.png``), transformed and labelled.
+
+    ``indices`` (folder name → class index, and the rule) fixes the labels when several folders
+    must agree (a training and a validation folder); otherwise they come from ``root``'s folders.
+    """
+    root = Path(root)
+    folders = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    if not folders:
+        raise DataError("no class folders found: lay the zip out as CLASS/IMAGE.png (ImageFolder layout)")
+    files = [(path, folder) for folder in folders for path in image_files(root / folder)]
+    if not files:
+        raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in the class folders {', '.join(folders[:5])}")
+    if len(files) > max_images:
+        raise DataError(f"the zip holds {len(files)} images; at most {max_images} are accepted")
+    lookup, rule = indices if indices is not None else class_indices(folders, categories)
+    batch = read_images([path for path, _ in files], transform, root)
+    labels = torch.tensor([lookup[folder] for _, folder in files], dtype=torch.int64)
+    return EvalData(batch, labels, tuple(folders), f"{len(files)} images in {len(folders)} folders ({rule})")
 
 
 def load_image_zip(
@@ -304,38 +359,9 @@ def load_image_zip(
     Returns:
         EvalData whose ``classes`` are the folder names and ``source`` says which index rule applied.
     """
-    from PIL import Image, UnidentifiedImageError
-
     with tempfile.TemporaryDirectory(prefix="fpgm-images-") as tmp:
         extract_zip(source, tmp)
-        root = _dataset_root(Path(tmp))
-        folders = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
-        if not folders:
-            raise DataError("no class folders found: lay the zip out as CLASS/IMAGE.png (ImageFolder layout)")
-        files = [
-            (path, folder)
-            for folder in folders
-            for path in sorted((root / folder).rglob("*"))
-            if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES
-        ]
-        if not files:
-            raise DataError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in the class folders {', '.join(folders[:5])}")
-        if len(files) > max_images:
-            raise DataError(f"the zip holds {len(files)} images; at most {max_images} are accepted")
-        indices, rule = _class_indices(folders, categories)
-        images = []
-        for path, _ in files:
-            try:
-                with Image.open(path) as image:
-                    images.append(transform(image.convert("RGB")))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise DataError(f"{path.relative_to(root)} is not a readable image ({type(exc).__name__})") from exc
-        labels = torch.tensor([indices[folder] for _, folder in files], dtype=torch.int64)
-    try:
-        batch = torch.stack(images)
-    except RuntimeError as exc:
-        raise DataError("the transformed images differ in size; the transform must crop to one size") from exc
-    return EvalData(batch, labels, tuple(folders), f"{len(files)} images in {len(folders)} folders ({rule})")
+        return load_image_folder(dataset_root(Path(tmp)), transform, categories=categories, max_images=max_images)
 
 
 def _batch_size(images: Tensor) -> int:

@@ -2,14 +2,12 @@
 sparsity for FPGM, norm and random pruning, and per-layer sensitivity with a plan that fits a budget."""
 
 import hashlib
-import threading
-from collections import OrderedDict
-from typing import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import finetuning, jobs
 from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
@@ -17,12 +15,14 @@ from fpgm_core.evaluation import (
     EvaluationCancelled,
     demo_data,
     evaluate_masks,
+    evaluate_model,
     image_transform,
     load_image_zip,
     model_categories,
     predict,
 )
 from fpgm_core.sensitivity import layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
+from fpgm_core.training import SWEEP_CRITERIA, FineTuneSettings, finetuned_summary, finetuned_sweep
 
 DATA_LABELS = {"digits": "held-out digits (450 images the demo never trained on)", "zip": "upload a zip of images"}
 CRITERION_COLORS = {"fpgm-l2": "#1f77b4", "fpgm-l1": "#17becf", "norm-l1": "#ff7f0e", "norm-l2": "#d62728", "random": "#7f7f7f"}
@@ -33,35 +33,6 @@ ZIP_RULES = (
     "otherwise the folder names *sorted* are indices 0, 1, 2, … Images get the architecture's torchvision "
     "transforms (the demo: 8×8 greyscale, light digit on dark)."
 )
-
-
-class _Results:
-    """Finished results shared by sessions, keyed by (what, model, data, settings); bounded, least recent out."""
-
-    def __init__(self, size: int) -> None:
-        self._items: OrderedDict = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-            return self._items.get(key)
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-
-@st.cache_resource
-def _results() -> _Results:
-    # Not st.cache_data: sweeps must be cancellable midway, and a cached function cannot report
-    # progress or stop; finished results are put here instead.
-    return _Results(48)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the held-out digits…")
@@ -95,9 +66,11 @@ def page() -> None:
         st.error(f"These images cannot be evaluated with this model: {exc}")
         return
     _current_plan(active, data, data_key, reference, baseline)
-    sweep_tab, sensitivity_tab = st.tabs(["Accuracy vs sparsity", "Sensitivity per layer"])
+    sweep_tab, finetuned_tab, sensitivity_tab = st.tabs(["Accuracy vs sparsity", "After fine-tuning", "Sensitivity per layer"])
     with sweep_tab:
         _sweep(active, data, data_key, reference, baseline)
+    with finetuned_tab:
+        _finetuned_sweep(active)
     with sensitivity_tab:
         _sensitivity(active, data, data_key, reference)
 
@@ -144,11 +117,11 @@ def _current_plan(active, data, data_key, reference, baseline) -> None:
         return
     key = ("plan", active.key, data_key, plan.sparsity, plan.metric, tuple(sorted(plan.overrides.items())), plan.mode,
            plan.max_layer_sparsity, plan.include_output)
-    result = _results().get(key)
+    result = jobs.results().get(key)
     if result is None:
         with st.spinner("Evaluating the current plan…"):
             result = evaluate_masks(active.model, summary.masks, data, reference=reference)
-        _results().put(key, result)
+        jobs.results().put(key, result)
     st.markdown(f"**Current plan** · {plan_description(plan)} · {summary.pruned:,} filters pruned")
     cells = st.columns(4)
     cells[0].metric("Top-1", f"{result.top1:.1%}", f"{100 * (result.top1 - baseline.top1):+.1f} points vs {baseline.top1:.1%}",
@@ -156,56 +129,26 @@ def _current_plan(active, data, data_key, reference, baseline) -> None:
     cells[1].metric("Agreement", f"{result.agreement:.1%}", help="Images whose predicted class is unchanged by pruning (needs no labels).")
     cells[2].metric("KL(original ‖ pruned)", f"{result.kl:.3f}", help="Mean KL divergence between the softmax outputs; 0 = identical.")
     cells[3].metric("FLOPs removed", f"{summary.costs.flops_removed:.1%}", help="Estimated, as on the Sparsity page.")
-    st.caption(f"On {result.n} images. The pruned filters output zero; nothing is fine-tuned.")
-
-
-def _start(job: str) -> None:
-    st.session_state.eval_job = job
-    st.session_state.eval_stopped = None
-
-
-def _stop(job: str) -> None:
-    st.session_state.eval_job = None
-    st.session_state.eval_stopped = job
-
-
-def _job(name: str, key: tuple, label: str, work: Callable):
-    """The stored result for ``key``; runs ``work(progress, should_stop)`` when the job was started.
-
-    While it runs, a progress bar and a Stop button show; Stop (or any other click) interrupts
-    the run, and the callback clears the job so that the next run does not start it again.
-    """
-    session = st.session_state
-    store = _results()
-    result = store.get(key)
-    if session.get("eval_stopped") == name:
-        st.info("Stopped. Nothing was kept; run it again to start over.")
-        session.eval_stopped = None
-    if session.get("eval_job") != name:
-        return result
-    if result is None:
-        holder = st.empty()
-        with holder.container():
-            bar = st.progress(0.0, text=label)
-            st.button("Stop", key=f"eval_stop_{name}", on_click=_stop, args=(name,), icon=":material/stop:")
-
-        def progress(done: int, total: int, what: str) -> None:
-            bar.progress(min(done / total, 1.0) if total else 0.0, text=f"{label} · {done}/{total} · {what}")
-
-        try:
-            result = work(progress, lambda: session.get("eval_job") != name)
-        except EvaluationCancelled:
-            holder.empty()
-            return None
-        except FpgmError as exc:
-            holder.empty()
-            session.eval_job = None
-            st.error(str(exc))
-            return None
-        store.put(key, result)
-        holder.empty()
-    session.eval_job = None
-    return result
+    kept = finetuning.current(active, plan)
+    if kept is None:
+        st.caption(f"On {result.n} images. The pruned filters output zero; nothing is fine-tuned (the Fine-tune page "
+                   "trains the pruned model back).")
+        return
+    key = ("finetuned", kept.fingerprint, data_key)
+    tuned = jobs.results().get(key)
+    if tuned is None:
+        with st.spinner("Evaluating the fine-tuned model…"):
+            tuned = evaluate_model(kept.result.model, data, reference=reference)
+        jobs.results().put(key, tuned)
+    st.markdown(f"**Fine-tuned** · {kept.result.settings.epochs} epochs on {kept.data_source}")
+    cells = st.columns(4)
+    cells[0].metric("Top-1 (fine-tuned)", f"{tuned.top1:.1%}", f"{100 * (tuned.top1 - baseline.top1):+.1f} points vs unpruned",
+                    delta_color="normal" if tuned.top1 < baseline.top1 else "off")
+    cells[1].metric("Agreement (fine-tuned)", f"{tuned.agreement:.1%}")
+    cells[2].metric("KL (fine-tuned)", f"{tuned.kl:.3f}")
+    trained_on = "" if data_key[0] != "digits" else " It never trained on these held-out digits."
+    st.caption(f"On the same {result.n} images as the row above. Fine-tuned from this plan's pruned model; its pruned "
+               f"filters are still exactly zero.{trained_on}")
 
 
 def _sweep(active, data, data_key, reference, baseline) -> None:
@@ -218,13 +161,13 @@ def _sweep(active, data, data_key, reference, baseline) -> None:
                                        persist_state="session")
     seeds = controls[1].number_input("Random seeds", 1, 20, key="eval_seeds", persist_state="session",
                                      disabled="random" not in criteria, help="Random pruning runs once per seed: mean and spread.")
-    controls[2].button("Run the sweep", key="eval_run_sweep", type="primary", on_click=_start, args=("sweep",),
+    controls[2].button("Run the sweep", key="eval_run_sweep", type="primary", on_click=jobs.request, args=("eval_sweep",),
                        disabled=not criteria, icon=":material/play_arrow:")
     st.caption("Global sparsity s prunes round(s·N) filters in every layer but the output layer; every criterion removes the "
                "same number per layer and only chooses different filters.")
     chosen = [c for c in CRITERIA if c in criteria]
     key = ("sweep", active.key, data_key, tuple(chosen), int(seeds) if "random" in chosen else 0)
-    points = _job("sweep", key, "Sweeping sparsity", lambda progress, stop: sparsity_sweep(
+    points = jobs.run("eval_sweep", key, "Sweeping sparsity", lambda progress, stop: sparsity_sweep(
         active.model, data, criteria=chosen, seeds=range(int(seeds)), reference=reference, progress=progress,
         should_stop=stop, device=active.device))
     if not points:
@@ -238,6 +181,48 @@ def _sweep(active, data, data_key, reference, baseline) -> None:
     table.index = [f"{s:.0%}" for s in table.index]
     st.dataframe(table, width="stretch", column_config={
         column: st.column_config.NumberColumn(column, format="percent") for column in table.columns})
+
+
+def _finetuned_sweep(active) -> None:
+    """The teaching sweep after training: every criterion at a few sparsities, each point fine-tuned the same way."""
+    session = st.session_state
+    data, data_key = finetuning.session_training_data(active)
+    if data is None:
+        st.info("Fine-tuning needs training images: upload a zip on the Fine-tune page (the demo model trains on the "
+                "digits' training split).")
+        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/trending_up:")
+        return
+    session.setdefault("eval_ft_criteria", list(SWEEP_CRITERIA))
+    session.setdefault("eval_ft_sparsities", [30, 50, 70])
+    session.setdefault("eval_ft_seeds", 2)
+    session.setdefault("eval_ft_epochs", 3)
+    controls = st.columns([3, 3, 1, 1, 2], gap="medium", vertical_alignment="bottom")
+    criteria = controls[0].multiselect("Criteria", CRITERIA, format_func=CRITERION_LABELS.get, key="eval_ft_criteria",
+                                       persist_state="session")
+    sparsities = controls[1].multiselect("Sparsities", list(range(10, 100, 10)), format_func=lambda s: f"{s}%",
+                                         key="eval_ft_sparsities", persist_state="session")
+    seeds = controls[2].number_input("Seeds", 1, 10, key="eval_ft_seeds", persist_state="session",
+                                     help="Each point is fine-tuned once per seed (batch order; for random also the draw).")
+    epochs = controls[3].number_input("Epochs", 1, 50, key="eval_ft_epochs", persist_state="session")
+    controls[4].button("Run the sweep", key="eval_run_ft_sweep", type="primary", on_click=jobs.request,
+                       args=("eval_ft_sweep",), disabled=not criteria or not sparsities, icon=":material/play_arrow:")
+    chosen = [c for c in CRITERIA if c in criteria]
+    levels = sorted(s / 100 for s in sparsities)
+    settings = FineTuneSettings(epochs=int(epochs))
+    runs = len(chosen) * len(levels) * int(seeds)
+    st.caption(f"{runs} fine-tunes of {int(epochs)} epoch{'s' if epochs != 1 else ''} each on {data.source}, with the "
+               f"Fine-tune page's defaults (AdamW, peak learning rate {settings.lr:g}, fixed masks). Every criterion prunes "
+               "the same number of filters per layer; only which filters differs.")
+    key = ("finetuned_sweep", active.key, data_key, tuple(chosen), tuple(levels), int(seeds), settings)
+    points = jobs.run("eval_ft_sweep", key, "Pruning and fine-tuning", lambda progress, stop: finetuned_sweep(
+        active.model, data, settings, sparsities=levels, criteria=chosen, seeds=range(int(seeds)), device=active.device,
+        progress=progress, should_stop=stop))
+    if not points:
+        st.caption("Run it to see what each criterion costs right after pruning and what training wins back.")
+        return
+    rows = finetuned_summary(points)
+    st.plotly_chart(finetuning.sweep_figure(rows, CRITERION_COLORS), key="eval_ft_sweep_chart", config={"displaylogo": False})
+    st.dataframe(finetuning.sweep_table(rows), width="stretch", hide_index=True)
 
 
 def _sweep_figure(rows: pd.DataFrame, measure: str, baseline: float) -> go.Figure:
@@ -276,12 +261,12 @@ def _sensitivity(active, data, data_key, reference) -> None:
     session.setdefault("eval_budget", 1.0)
     controls = st.columns([3, 2], gap="medium", vertical_alignment="bottom")
     metric = controls[0].radio("FPGM metric", METRICS, key="eval_sens_metric", horizontal=True, persist_state="session")
-    controls[1].button("Run the sensitivity analysis", key="eval_run_sensitivity", type="primary", on_click=_start,
-                       args=("sensitivity",), icon=":material/play_arrow:")
+    controls[1].button("Run the sensitivity analysis", key="eval_run_sensitivity", type="primary", on_click=jobs.request,
+                       args=("eval_sensitivity",), icon=":material/play_arrow:")
     st.caption("Each layer is pruned alone at 10 % … 90 % (FPGM), the others untouched: the layers whose accuracy falls "
                "first are the ones to spare.")
     key = ("sensitivity", active.key, data_key, metric)
-    sensitivity = _job("sensitivity", key, "Pruning one layer at a time", lambda progress, stop: layer_sensitivity(
+    sensitivity = jobs.run("eval_sensitivity", key, "Pruning one layer at a time", lambda progress, stop: layer_sensitivity(
         active.model, data, metric=metric, reference=reference, progress=progress, should_stop=stop, device=active.device))
     if sensitivity is None:
         st.caption("Run the analysis to see each layer's accuracy curve and get a plan within an accuracy budget.")
@@ -297,8 +282,8 @@ def _sensitivity(active, data, data_key, reference) -> None:
     controls = st.columns([2, 2, 3], gap="medium", vertical_alignment="bottom")
     budget = controls[0].number_input("Largest top-1 drop (points)", 0.0, 100.0, step=0.5, key="eval_budget",
                                       persist_state="session")
-    controls[1].button("Suggest a plan", key="eval_run_suggest", on_click=_start, args=("suggest",), icon=":material/auto_fix_high:")
-    suggestion = _job("suggest", key + (float(budget),), "Verifying candidate plans", lambda progress, stop: suggest_plan(
+    controls[1].button("Suggest a plan", key="eval_run_suggest", on_click=jobs.request, args=("eval_suggest",), icon=":material/auto_fix_high:")
+    suggestion = jobs.run("eval_suggest", key + (float(budget),), "Verifying candidate plans", lambda progress, stop: suggest_plan(
         active.model, data, sensitivity, float(budget) / 100, reference=reference, progress=progress, should_stop=stop,
         device=active.device))
     if suggestion is None:

@@ -5,7 +5,7 @@ from typing import Callable
 
 import streamlit as st
 
-from dashboard import cache, exports, slimming
+from dashboard import cache, exports, finetuning, slimming
 from dashboard.state import (
     ActiveModel,
     active_model,
@@ -44,6 +44,9 @@ def page() -> None:
                    "Before it is served it runs in onnxruntime, and every pruned channel must come out exactly zero.")
         if onnx.analysis.folded is not None:
             st.warning(onnx.analysis.folded.message() + ".", icon=":material/warning:")
+    if finetuning.current(active, plan) is not None:
+        st.info("These files are pruned and not trained. This session's **fine-tuned** model is further down, under "
+                "*Fine-tuned model*.", icon=":material/trending_up:")
     columns = st.columns(3, gap="large")
     with columns[0]:
         st.markdown("**Masked checkpoint**" if onnx is None else "**Masked ONNX graph**")
@@ -77,6 +80,68 @@ def page() -> None:
     st.caption("The recipe records the model's fingerprint and, per layer, how many filters are pruned; FPGM always "
                "removes a layer's lowest-scored filters, so the same weights give the same masks.")
     _slim_section(active, plan, stem)
+    _finetuned_section(active, plan)
+
+
+def _finetuned_section(active: ActiveModel, plan: SparsityPlan) -> None:
+    """The session's fine-tuned model, beside the untrained exports above: checkpoint, masks, recipe, history, slimmed."""
+    st.subheader("Fine-tuned model")
+    kept = finetuning.current(active, plan)
+    if kept is None:
+        st.caption("Everything above is pruned and not trained again. The Fine-tune page trains the pruned model back "
+                   "to accuracy; its result is offered here.")
+        st.page_link("pages/finetune.py", label="Fine-tune", icon=":material/trending_up:")
+        return
+    result = kept.result
+    stem = finetuning.stem(active)
+    top1 = f"held-out top-1 {result.final.top1:.1%}, was {result.untrained.top1:.1%} untrained" if result.final.top1 is not None \
+        else f"agreement {result.final.agreement:.1%}"
+    st.markdown(f"**Fine-tuned** for {result.settings.epochs} epochs ({top1}) — not the untrained files above.")
+    st.caption("The same architecture's state_dict: loads with `strict=True`; its pruned filters and their BatchNorm "
+               "channels are exactly zero at its masks. The recipe holds every fine-tune setting, so "
+               "`python -m fpgm_core finetune --recipe` reproduces it.")
+    columns = st.columns(3, gap="large")
+    with columns[0]:
+        st.markdown("**Fine-tuned checkpoint**")
+        for fmt in ("safetensors", "pt"):
+            _download(f"{stem}.{fmt}", partial(finetuning.checkpoint_bytes, kept, fmt), f"download_ft_checkpoint_{fmt}",
+                      when_clicked=True)
+    with columns[1]:
+        st.markdown("**Its masks**")
+        for fmt in ("safetensors", "pt"):
+            _download(f"{stem}.masks.{fmt}", partial(finetuning.masks_bytes, kept, fmt), f"download_ft_masks_{fmt}")
+    with columns[2]:
+        st.markdown("**Recipe and history**")
+        _download(f"{stem}.recipe.json", partial(finetuning.recipe_bytes, kept, active, f"{stem}.masks.safetensors"),
+                  "download_ft_recipe", mime="application/json")
+        _download(f"{stem}.history.json", partial(finetuning.history_bytes, kept), "download_ft_history", mime="application/json")
+    st.code(finetuning.replay_command(kept, active), language="bash")
+    st.markdown("**Fine-tuned and physically smaller**")
+    if not kept.slimmable:
+        st.info("This model was fine-tuned with per-layer masks: layers added together (residual connections) were masked "
+                "differently, so it cannot be slimmed as it is. Fine-tune with **Slimmable masks** to get one that can.")
+        return
+    session = st.session_state
+    if st.button("Slim the fine-tuned model", key="slim_ft_button", icon=":material/compress:"):
+        session.slim_ft_request = kept.fingerprint
+    if session.get("slim_ft_request") != kept.fingerprint:
+        return
+    input_shape = tuple(active.loaded.input_shape)
+    try:
+        slim = finetuning.slimmed(kept, input_shape)
+    except SlimError as exc:
+        session.slim_ft_request = None
+        _slim_failed(str(exc))
+        return
+    check = slim.verification
+    st.markdown(f"Removed exactly its zeroed channels: parameters {slim.params_before:,} → {slim.params_after:,}, "
+                f"FLOPs {slim.flops_before:,} → {slim.flops_after:,}. Verification **{'passed' if check.passed else 'failed'}**: "
+                f"max abs diff vs the fine-tuned model {check.max_abs_diff:.3g} ≤ tolerance {check.tolerance:.3g}.")
+    columns = st.columns(3, gap="large")
+    for column, fmt in zip(columns, (".pt2", ".onnx", ".pt")):
+        with column:
+            _download(f"{stem}-slim{fmt}", partial(finetuning.slim_bytes, kept, fmt, input_shape),
+                      f"download_ft_slim_{fmt[1:]}", when_clicked=True)
 
 
 def _slim_section(active: ActiveModel, plan: SparsityPlan, stem: str) -> None:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import fpgm_core
+from app_jobs import finish_jobs, running_jobs
 from fpgm_core.evaluation import demo_data, evaluate_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,12 +104,13 @@ def test_sweep_draws_every_criterion_from_the_original_down(open_page, original)
     app.number_input(key="eval_seeds").set_value(2)
     app.button(key="eval_run_sweep").click().run()
     assert not app.exception, app.exception
+    finish_jobs(app)
     table = app.dataframe[0].value
     assert list(table.columns) == ["FPGM (L2)", "smallest L2 norm", "random"]
     assert list(table.index) == [f"{10 * i}%" for i in range(10)]
     assert (table.loc["0%"] == original).all()
     assert (table.loc["90%"] < original - 0.2).all()
-    assert app.session_state["eval_job"] is None
+    assert not running_jobs(app)
     # The result is kept: switching what is shown does not run the sweep again.
     app.radio(key="eval_measure").set_value("agreement").run()
     assert not app.exception and (app.dataframe[0].value.loc["0%"] == 1.0).all()
@@ -118,9 +120,11 @@ def test_sensitivity_suggestion_loads_into_the_sparsity_page(open_page, original
     app = open_page(EVALUATE)
     app.button(key="eval_run_sensitivity").click().run()
     assert not app.exception, app.exception
+    finish_jobs(app)
     app.number_input(key="eval_budget").set_value(1.0)
     app.button(key="eval_run_suggest").click().run()
     assert not app.exception, app.exception
+    finish_jobs(app)
     verified = metrics(app)["Verified top-1"]
     assert float(verified.rstrip("%")) / 100 >= original - 0.01 - 0.0005
     app.button(key="eval_load_plan").click().run()
@@ -154,11 +158,35 @@ def test_a_hostile_zip_is_refused_on_the_page(open_page):
     assert "Top-1" not in metrics(app)
 
 
-def test_a_stopped_job_is_not_restarted(open_page):
-    app = open_page(EVALUATE, eval_job=None, eval_stopped="sweep")
+def test_a_running_sweep_shows_progress_and_a_stopped_one_is_not_restarted(open_page):
+    # The sweep after fine-tuning: each point trains for seconds, so Stop always lands mid-run.
+    app = open_page(EVALUATE)
+    app.button(key="eval_run_ft_sweep").click().run()
+    assert not app.exception, app.exception
+    assert running_jobs(app), "the sweep should run in the background"
+    assert app.get("progress") and app.button(key="job_stop_eval_ft_sweep")
+    app.button(key="job_stop_eval_ft_sweep").click().run()
+    finish_jobs(app)
     assert any(info.value.startswith("Stopped") for info in app.info)
-    assert app.session_state["eval_job"] is None
-    assert any(caption.value.startswith("Run the sweep") for caption in app.caption)
+    assert not any("fine-tuned" in frame.value.columns for frame in app.dataframe)
+    app.run()
+    assert not app.exception and not running_jobs(app)
+    assert any(caption.value.startswith("Run it to see") for caption in app.caption)
+
+
+def test_the_sweep_after_fine_tuning_shows_what_training_wins_back(open_page):
+    app = open_page(EVALUATE)
+    app.multiselect(key="eval_ft_criteria").set_value(["fpgm-l2", "norm-l2"])
+    app.multiselect(key="eval_ft_sparsities").set_value([50])
+    app.number_input(key="eval_ft_seeds").set_value(1)
+    app.number_input(key="eval_ft_epochs").set_value(2)
+    app.button(key="eval_run_ft_sweep").click().run()
+    finish_jobs(app)
+    table = next(frame.value for frame in app.dataframe if "fine-tuned" in frame.value.columns)
+    assert list(table["criterion"]) == ["FPGM (L2)", "smallest L2 norm"] and list(table["sparsity"]) == ["50%", "50%"]
+    for pruned, tuned in zip(table["pruned"], table["fine-tuned"]):
+        assert float(tuned.split()[0]) > float(pruned.split()[0]) + 50
+    assert app.get("plotly_chart")
 
 
 def test_explainer_shows_norm_and_fpgm_picks_live(open_page):

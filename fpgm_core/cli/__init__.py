@@ -1,6 +1,6 @@
 """``python -m fpgm_core``: list, prune, slim and evaluate models without the dashboard.
 
-One module per command group (``listing``, ``prune``, ``slim``, ``evaluate``, ``demo``), each with
+One module per command group (``listing``, ``prune``, ``slim``, ``evaluate``, ``finetune``, ``demo``), each with
 a ``register(commands)`` that adds its sub-commands; shared flags live in ``flags``. Every
 sub-command sets ``run`` to a function returning its JSON-ready result (printed with ``--json``).
 
@@ -19,11 +19,11 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import FpgmError, FpgmWarning
-from . import demo, evaluate, listing, prune, slim
+from . import demo, evaluate, finetune, listing, prune, slim
 
 __all__ = ["main", "build_parser"]
 
-_COMMAND_GROUPS = (listing, prune, slim, evaluate, demo)
+_COMMAND_GROUPS = (listing, prune, slim, evaluate, finetune, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
