@@ -69,6 +69,8 @@ class RunReport:
     points: int
     seconds: float
     placements: dict[Placement, int]
+    #: ``time.monotonic()`` when the run ended, to pick one command's runs out of an executor's history.
+    finished: float
 
     @property
     def hosts(self) -> dict[str, int]:
@@ -131,7 +133,8 @@ class Executor(ABC, Generic[SharedT, PointT, ResultT]):
         return list(self._reports)
 
     def _record(self, points: int, started: float, placements: Counter[Placement] | dict[Placement, int]) -> None:
-        self._reports.append(RunReport(self.describe(), points, time.perf_counter() - started, dict(placements)))
+        self._reports.append(RunReport(self.describe(), points, time.perf_counter() - started, dict(placements),
+                                       time.monotonic()))
 
     def close(self) -> None:
         """Release what the executor holds (worker processes, a cluster it started); it may not run again."""

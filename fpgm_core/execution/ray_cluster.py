@@ -53,6 +53,9 @@ _CONNECT_TIMEOUT_S = 3.0
 _CANCEL_WAIT_S = 5.0
 _INSTALL_HINT = "pip install -r requirements-cluster.txt (ray==2.60.0)"
 
+# This package travels to the workers with the job (Ray uploads it once, by content hash), so
+# nodes need torch and torchvision but not this code. Only a job-level runtime env can upload.
+_RUNTIME_ENV = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
 # One Ray connection per process (ray.init is process-wide), shared by every RayExecutor.
 _connection_lock = threading.Lock()
 _connection: dict[str, Any] = {"users": 0, "started_here": False, "owned": False}
@@ -111,14 +114,14 @@ def _import_ray(*, local: bool):
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for forms Ray resolves itself ("auto")."""
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` (the Ray started here by `ray start`)."""
+    if address == "auto":
+        return None
     text = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = text.rpartition(":")
-    if not sep:
-        return None
     host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise ExecutorError(f"{address!r} is not a Ray address: expected HOST:PORT (e.g. 10.0.0.5:6379)")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExecutorError(f"{address!r} is not a Ray address: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
     return host, int(port)
 
 
@@ -232,6 +235,9 @@ class RayExecutor(Executor):
             if self._connected:
                 return
             local = self._address is None
+            if not local:
+                # Before anything else: an address nobody listens on fails in seconds.
+                _check_reachable(self._address)
             ray = _import_ray(local=local)
             with _connection_lock:
                 if ray.is_initialized():
@@ -246,7 +252,6 @@ class RayExecutor(Executor):
                 _connection["users"] += 1
             self._remote = ray.remote(_run_point).options(
                 num_cpus=self._cpus, num_gpus=self._gpus, max_retries=self._retries, retry_exceptions=False,
-                runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
             )
             self._connected = True
 
@@ -254,13 +259,12 @@ class RayExecutor(Executor):
         if self._address is None:
             try:
                 ray.init(num_cpus=self._local_cpus, include_dashboard=False, logging_level=logging.ERROR,
-                         log_to_driver=False)
+                         log_to_driver=False, runtime_env=_RUNTIME_ENV)
             except Exception as exc:
                 ray.shutdown()
                 raise ExecutorError(f"could not start Ray on this machine: {exc}") from exc
             _connection.update(started_here=True, owned=True)
             return
-        _check_reachable(self._address)
         disabled = os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled"
         if not disabled and token_source() is None:
             raise ExecutorError(
@@ -270,7 +274,8 @@ class RayExecutor(Executor):
             )
         try:
             with _connect_attempts(int(_CONNECT_TIMEOUT_S)):
-                ray.init(address=self._address, logging_level=logging.ERROR, log_to_driver=False)
+                ray.init(address=self._address, logging_level=logging.ERROR, log_to_driver=False,
+                         runtime_env=_RUNTIME_ENV)
         except Exception as exc:
             ray.shutdown()
             chain = _error_chain(exc)
