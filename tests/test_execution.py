@@ -86,8 +86,11 @@ def test_inline_runs_in_order_reports_each_point_and_stops_between_points():
 
 def test_processes_return_results_in_order_report_each_point_and_raise_a_task_error_as_itself():
     calls = []
-    shared = {"delay": 0.05, "n": 6}
+    shared = {"delay": 0.1, "n": 6}
     with ProcessExecutor(2) as executor:
+        # Both workers up first (each submit starts one while none is idle), else on a busy machine
+        # the first could finish every point before the second has started.
+        executor.run(_sleeps, None, [2, 2])
         results = executor.run(_square_after, shared, list(range(6)),
                                progress=lambda done, total, what: calls.append((done, total, what)))
         report = executor.reports()[-1]

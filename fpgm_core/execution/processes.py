@@ -1,10 +1,13 @@
 """Points on local worker processes (``processes:N``): one machine's cores, without a cluster.
 
 Workers are *spawned* (a fresh interpreter each): forking a process that has started torch's
-thread pools can deadlock the child. The shared value is pickled once per run of a new shared
-object and handed to every worker when it starts, so each point ships only its own small
-arguments and result. The pool is kept while the same shared object is passed again (a plan
-suggestion verifies many small batches over one model) and replaced for a new one.
+thread pools can deadlock the child. A script that uses them must therefore guard its entry
+point (``if __name__ == "__main__":``), as with any spawned multiprocessing.
+
+The workers live as long as the executor (one interpreter start each, not one per run). The
+shared value is pickled once per shared object into a file of a private temporary folder; each
+worker reads it once and keeps it for every later point of the same value, so a point ships only
+its own small arguments and result.
 
 A stop, an error or a worker that dies ends the pool: outstanding points are cancelled and the
 worker processes terminated, so nothing keeps running after :meth:`ProcessExecutor.run` returns.
@@ -13,9 +16,14 @@ worker processes terminated, so nothing keeps running after :meth:`ProcessExecut
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
+import uuid
+import weakref
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -28,20 +36,23 @@ __all__ = ["ProcessExecutor"]
 
 # How often a waiting run checks should_stop.
 _POLL_S = 0.2
-# The worker's copy of the shared value (one per worker process).
-_WORKER_SHARED: Any = None
+# On a worker: (key, value) of the last shared value read.
+_worker_shared: tuple[str, Any] | None = None
 
 
-def _start_worker(payload: bytes, threads: int) -> None:
-    global _WORKER_SHARED
+def _start_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER_SHARED = pickle.loads(payload)
 
 
-def _run_in_worker(task, point):
-    return task(_WORKER_SHARED, point), this_process()
+def _run_in_worker(task, key: str, path: str, point):
+    global _worker_shared
+    if _worker_shared is None or _worker_shared[0] != key:
+        _worker_shared = None  # let the previous value go before the next is read
+        with open(path, "rb") as file:
+            _worker_shared = (key, pickle.load(file))
+    return task(_worker_shared[1], point), this_process()
 
 
 class ProcessExecutor(Executor):
@@ -62,7 +73,9 @@ class ProcessExecutor(Executor):
         self._threads = int(threads)
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
-        self._pool_shared: Any = None
+        self._folder: str | None = None
+        # (the shared object, its key, the file holding it)
+        self._shared: tuple[Any, str, str] | None = None
 
     @property
     def workers(self) -> int:
@@ -71,22 +84,34 @@ class ProcessExecutor(Executor):
     def describe(self) -> str:
         return f"in {self._processes} local worker process{'es' if self._processes != 1 else ''}"
 
-    def _pool_for(self, shared) -> ProcessPoolExecutor:
-        if self._pool is not None and self._pool_shared is shared:
-            return self._pool
-        self._end_pool()
-        # Plain pickle, not multiprocessing's: its torch reductions would move the caller's
-        # tensors into shared memory (changing the caller's model in place).
-        payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pool = ProcessPoolExecutor(
-            self._processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(payload, self._threads),
-        )
-        self._pool_shared = shared
+    def _start_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(self._threads,))
         return self._pool
 
+    def _share(self, shared) -> tuple[str, str]:
+        """(key, file) of ``shared``, written once per shared object."""
+        if self._shared is not None and self._shared[0] is shared:
+            return self._shared[1], self._shared[2]
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix="fpgm-shared-")  # readable by this user only
+            # Removed at close(), or when the executor is collected or the process exits without one.
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        key = uuid.uuid4().hex
+        path = os.path.join(self._folder, f"{key}.pickle")
+        # Plain pickle, not multiprocessing's: its torch reductions would move the caller's
+        # tensors into shared memory (changing the caller's model in place).
+        with open(path, "wb") as file:
+            pickle.dump(shared, file, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._shared is not None:
+            # No run is under way (runs hold the lock): no worker still needs the previous file.
+            os.unlink(self._shared[2])
+        self._shared = (shared, key, path)
+        return key, path
+
     def _end_pool(self) -> None:
-        pool, self._pool, self._pool_shared = self._pool, None, None
+        pool, self._pool = self._pool, None
         if pool is None:
             return
         # Python 3.11 has no ProcessPoolExecutor.terminate_workers (3.14): terminate them directly,
@@ -102,8 +127,10 @@ class ProcessExecutor(Executor):
             return []
         # One run at a time per executor: the pool belongs to one shared value.
         with self._lock:
-            pool = self._pool_for(shared)
-            futures: dict[Future, int] = {pool.submit(_run_in_worker, task, point): i for i, point in enumerate(points)}
+            key, path = self._share(shared)
+            pool = self._start_pool()
+            futures: dict[Future, int] = {pool.submit(_run_in_worker, task, key, path, point): i
+                                          for i, point in enumerate(points)}
             results: list[Any] = [None] * len(points)
             placements: Counter = Counter()
             pending = set(futures)
@@ -138,3 +165,7 @@ class ProcessExecutor(Executor):
     def close(self) -> None:
         with self._lock:
             self._end_pool()
+            self._shared = None
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder = None
