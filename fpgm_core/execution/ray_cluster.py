@@ -3,8 +3,8 @@
 Every point is one Ray task (one CPU each by default, so a cluster of N CPUs runs N at once). The
 shared value is put in Ray's object store once per shared object; each worker fetches it once
 and keeps it for every later point of the same value, so a point ships only its own small
-arguments and result. This package (``fpgm_core``) is shipped to the workers with the tasks
-(Ray's ``py_modules``), so cluster nodes need the same torch and torchvision, not this code.
+arguments and result. This package (``fpgm_core``) is shipped to a cluster's workers with the
+job (Ray's ``py_modules``), so cluster nodes need the same torch and torchvision, not this code.
 
 Connecting, on first use (``connect``, ``workers``, ``describe`` or ``run``):
 
@@ -53,9 +53,22 @@ _CONNECT_TIMEOUT_S = 3.0
 _CANCEL_WAIT_S = 5.0
 _INSTALL_HINT = "pip install -r requirements-cluster.txt (ray==2.60.0)"
 
-# This package travels to the workers with the job (Ray uploads it once, by content hash), so
-# nodes need torch and torchvision but not this code. Only a job-level runtime env can upload.
-_RUNTIME_ENV = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _runtime_env(local: bool) -> dict:
+    """How the workers find this package.
+
+    On a cluster it travels with the job (Ray uploads it once, by content hash; only a job-level
+    runtime env can upload), so nodes need torch and torchvision but not this code. A Ray started
+    here has its workers on this machine: they import it from where this process does (an upload
+    would also be lost when a second local Ray starts in the same process).
+    """
+    if local:
+        path = os.pathsep.join(filter(None, [str(_PACKAGE.parent), os.environ.get("PYTHONPATH")]))
+        return {"env_vars": {"PYTHONPATH": path}}
+    return {"py_modules": [str(_PACKAGE)]}
+
 # One Ray connection per process (ray.init is process-wide), shared by every RayExecutor.
 _connection_lock = threading.Lock()
 _connection: dict[str, Any] = {"users": 0, "started_here": False, "owned": False}
@@ -259,7 +272,7 @@ class RayExecutor(Executor):
         if self._address is None:
             try:
                 ray.init(num_cpus=self._local_cpus, include_dashboard=False, logging_level=logging.ERROR,
-                         log_to_driver=False, runtime_env=_RUNTIME_ENV)
+                         log_to_driver=False, runtime_env=_runtime_env(local=True))
             except Exception as exc:
                 ray.shutdown()
                 raise ExecutorError(f"could not start Ray on this machine: {exc}") from exc
@@ -275,7 +288,7 @@ class RayExecutor(Executor):
         try:
             with _connect_attempts(int(_CONNECT_TIMEOUT_S)):
                 ray.init(address=self._address, logging_level=logging.ERROR, log_to_driver=False,
-                         runtime_env=_RUNTIME_ENV)
+                         runtime_env=_runtime_env(local=False))
         except Exception as exc:
             ray.shutdown()
             chain = _error_chain(exc)
