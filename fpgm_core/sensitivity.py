@@ -9,7 +9,11 @@
   (pruning two layers can cost more or less than the sum), so every candidate is evaluated.
 
 Long runs take ``progress(done, total, what)`` and ``should_stop()`` callbacks; a stop raises
-:class:`~fpgm_core.evaluation.EvaluationCancelled`.
+:class:`~fpgm_core.evaluation.EvaluationCancelled`. Their evaluations are independent points run
+by an ``executor`` (default: one after another in this process; see :mod:`fpgm_core.execution`
+for worker processes and Ray clusters): what every point needs (the model, the data, the unpruned
+outputs, the scores) is computed here once and shared, each point only masks and evaluates, so a
+point gives the same result wherever it runs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .counting import CostSummary, estimate_pruned_costs, input_producers, layer
 from .criteria import CRITERIA, check_criterion, criterion_masks, criterion_scores
 from .errors import PlanError
 from .evaluation import EvalData, EvalResult, EvaluationCancelled, evaluate_masks, predict
+from .execution import INLINE, Executor, point_should_stop
 from .layers import prunable_layers
 from .masks import check_sparsity, prune_count
 from .plan import SparsityPlan, layer_scores, plan_counts, plan_masks
@@ -85,6 +90,31 @@ class SweepPoint:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _SweepShared:
+    """What every sweep point reads: the model, its data and unpruned outputs, scores and counts."""
+
+    model: nn.Module
+    data: EvalData
+    reference: Tensor
+    scores: dict[tuple[str, int | None], dict[str, Tensor]]
+    plans: dict[float, SparsityPlan]
+    counts: dict[float, dict[str, int]]
+
+
+def _sweep_point(shared: _SweepShared, point: tuple[str, int | None, float]) -> EvalResult:
+    """One sweep point: ``criterion`` (``seed``) at global ``sparsity``, evaluated."""
+    criterion, seed, sparsity = point
+    masks = criterion_masks(shared.model, shared.plans[sparsity], criterion, scores=shared.scores[criterion, seed],
+                            counts=shared.counts[sparsity])
+    return evaluate_masks(shared.model, masks, shared.data, reference=shared.reference, should_stop=point_should_stop())
+
+
+def _sweep_label(point: tuple[str, int | None, float]) -> str:
+    criterion, seed, sparsity = point
+    return f"{criterion}{'' if seed is None else f' seed {seed}'} at {sparsity:.0%}"
+
+
 def sparsity_sweep(
     model: nn.Module,
     data: EvalData,
@@ -98,6 +128,7 @@ def sparsity_sweep(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
+    executor: Executor = INLINE,
 ) -> list[SweepPoint]:
     """Accuracy and fidelity of every criterion at every global sparsity.
 
@@ -108,6 +139,7 @@ def sparsity_sweep(
         reference: the unpruned model's logits on ``data`` (computed when not given).
         flops, producers: from ``layer_flops`` / ``input_producers``, to reuse them.
         device: where FPGM distances are computed.
+        executor: runs the (criterion, seed, sparsity) points; default in this process.
 
     Returns:
         One point per (criterion, sparsity[, seed]), in criterion-major order.
@@ -120,7 +152,6 @@ def sparsity_sweep(
     # Keep the caller's criterion order, random's seeds where random was asked for.
     runs.sort(key=lambda run: criteria.index(run[0]))
     total = len(runs) * len(sparsities)
-    done = 0
     if progress is not None:
         progress(0, total, "reference outputs")
     if reference is None:
@@ -129,26 +160,25 @@ def sparsity_sweep(
     layers = prunable_layers(model)
     plans = {s: SparsityPlan(sparsity=s) for s in sparsities}
     counts = {s: plan_counts(layers, plan) for s, plan in plans.items()}
-    costs: dict[float, CostSummary] = {}
-    points = []
+    scores = {}
     for criterion, seed in runs:
         _check_stop(should_stop)
-        scores = criterion_scores(model, criterion, seed=seed or 0, device=device)
+        scores[criterion, seed] = criterion_scores(model, criterion, seed=seed or 0, device=device)
+    costs: dict[float, CostSummary] = {}
+    if runs:
+        first = runs[0]
         for s in sparsities:
-            _check_stop(should_stop)
-            masks = criterion_masks(model, plans[s], criterion, scores=scores, counts=counts[s])
-            if s not in costs:
-                # The estimate depends only on the fraction each layer keeps: the same for all criteria.
-                costs[s] = estimate_pruned_costs(model, masks, data.input_shape, flops=flops, producers=producers)
-            result = evaluate_masks(model, masks, data, reference=reference, should_stop=should_stop)
-            points.append(
-                SweepPoint(criterion, s, seed, sum(counts[s].values()), result.top1, result.agreement, result.kl,
-                           costs[s].flops_removed, costs[s].params_removed)
-            )
-            done += 1
-            if progress is not None:
-                progress(done, total, f"{criterion}{'' if seed is None else f' seed {seed}'} at {s:.0%}")
-    return points
+            # The estimate depends only on the fraction each layer keeps: the same for all criteria.
+            masks = criterion_masks(model, plans[s], first[0], scores=scores[first], counts=counts[s])
+            costs[s] = estimate_pruned_costs(model, masks, data.input_shape, flops=flops, producers=producers)
+    points = [(criterion, seed, s) for criterion, seed in runs for s in sparsities]
+    shared = _SweepShared(model, data, reference, scores, plans, counts)
+    results = executor.run(_sweep_point, shared, points, label=_sweep_label, progress=progress, should_stop=should_stop)
+    return [
+        SweepPoint(criterion, s, seed, sum(counts[s].values()), result.top1, result.agreement, result.kl,
+                   costs[s].flops_removed, costs[s].params_removed)
+        for (criterion, seed, s), result in zip(points, results)
+    ]
 
 
 def sweep_summary(points: Sequence[SweepPoint]) -> list[dict]:
@@ -220,6 +250,29 @@ class Sensitivity:
                 "points": [point.to_dict() for point in self.points]}
 
 
+@dataclass(frozen=True)
+class _PlanShared:
+    """What every per-layer plan evaluation reads: the model, its data and outputs, FPGM scores."""
+
+    model: nn.Module
+    data: EvalData
+    reference: Tensor
+    scores: dict[str, Tensor]
+    metric: str
+
+
+def _plan_point(shared: _PlanShared, overrides: tuple[tuple[str, float], ...]) -> EvalResult:
+    """One plan (these layers at these sparsities, every other layer unpruned), evaluated."""
+    plan = SparsityPlan(sparsity=0.0, metric=shared.metric, overrides=dict(overrides))
+    masks = plan_masks(shared.model, plan, scores=shared.scores)
+    return evaluate_masks(shared.model, masks, shared.data, reference=shared.reference, should_stop=point_should_stop())
+
+
+def _layer_label(overrides: tuple[tuple[str, float], ...]) -> str:
+    ((name, sparsity),) = overrides
+    return f"{name} at {sparsity:.0%}"
+
+
 def layer_sensitivity(
     model: nn.Module,
     data: EvalData,
@@ -231,12 +284,14 @@ def layer_sensitivity(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
+    executor: Executor = INLINE,
 ) -> Sensitivity:
     """Top-1 with only one layer FPGM-pruned, for each layer and sparsity.
 
     Args:
         layers: which layers (default: every prunable layer but the output layer).
         metric: FPGM distance of the masks.
+        executor: runs the (layer, sparsity) points; default in this process.
     """
     infos = {layer.name: layer for layer in prunable_layers(model)}
     names = list(layers) if layers is not None else [name for name, info in infos.items() if not info.is_output]
@@ -251,18 +306,76 @@ def layer_sensitivity(
         reference = predict(model, data.images, should_stop=should_stop)
     baseline = evaluate_masks(model, {}, data, reference=reference)
     scores = layer_scores(model, metric, device=device, names=names)
-    points = []
-    for name in names:
-        for s in sparsities:
-            _check_stop(should_stop)
-            masks = plan_masks(model, SparsityPlan(sparsity=0.0, metric=metric, overrides={name: s}), scores=scores)
-            result = evaluate_masks(model, masks, data, reference=reference, should_stop=should_stop)
-            filters = infos[name].filters
-            points.append(LayerPoint(name, s, prune_count(s, filters), filters, result.top1, result.agreement, result.kl,
-                                     baseline.top1 - result.top1))
-            if progress is not None:
-                progress(len(points), total, f"{name} at {s:.0%}")
-    return Sensitivity(baseline.top1, metric, data.n, tuple(points))
+    points = [((name, s),) for name in names for s in sparsities]
+    shared = _PlanShared(model, data, reference, scores, metric)
+    results = executor.run(_plan_point, shared, points, label=_layer_label, progress=progress, should_stop=should_stop)
+    layer_points = []
+    for ((name, s),), result in zip(points, results):
+        filters = infos[name].filters
+        layer_points.append(LayerPoint(name, s, prune_count(s, filters), filters, result.top1, result.agreement, result.kl,
+                                       baseline.top1 - result.top1))
+    return Sensitivity(baseline.top1, metric, data.n, tuple(layer_points))
+
+
+def _search_ahead(lo: int, hi: int, count: int) -> list[int]:
+    """The binary search's next probes from (lo, hi), breadth first: the next one, then both it may lead to, …"""
+    probes, queue = [], [(lo, hi)]
+    while queue and len(probes) < count:
+        low, high = queue.pop(0)
+        if high - low > 1:
+            mid = (low + high) // 2
+            probes.append(mid)
+            queue += [(mid, high), (low, mid)]
+    return probes
+
+
+class _Verifier:
+    """Evaluates a search's candidate plans, a batch ahead, and counts them as a one-at-a-time search would.
+
+    A plan counts as evaluated (towards ``max_evaluations``, in ``count``, in ``progress``) only
+    when the search asks for it; plans evaluated ahead that it never asks for are dropped. So the
+    search takes the same path, and suggests the same plan, with any number of workers.
+    """
+
+    def __init__(self, executor: Executor, shared: _PlanShared, baseline: EvalResult, max_evaluations: int,
+                 progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:
+        self.evaluated: dict[tuple, EvalResult] = {(): baseline}
+        self.batch = max(1, executor.workers)
+        self._ahead: dict[tuple, EvalResult] = {}
+        self._executor, self._shared = executor, shared
+        self._max, self._progress, self._should_stop = max_evaluations, progress, should_stop
+
+    @property
+    def count(self) -> int:
+        """Plans evaluated for the search (the unpruned baseline not counted)."""
+        return len(self.evaluated) - 1
+
+    def prefetch(self, candidates: Sequence[Mapping[str, float]]) -> None:
+        """Evaluate together the first of ``candidates`` not known yet, up to one batch and the budget left."""
+        keys: list[tuple] = []
+        for overrides in candidates:
+            key = tuple(sorted(overrides.items()))
+            if key not in self.evaluated and key not in self._ahead and key not in keys:
+                keys.append(key)
+        keys = keys[: min(self.batch, self._max - self.count)]
+        if keys:
+            results = self._executor.run(_plan_point, self._shared, keys, label=lambda key: f"a plan over {len(key)} layers",
+                                         should_stop=self._should_stop)
+            self._ahead.update(zip(keys, results))
+
+    def verify(self, overrides: Mapping[str, float]) -> EvalResult | None:
+        """The plan's result, or None once the evaluation budget is spent."""
+        key = tuple(sorted(overrides.items()))
+        if key not in self.evaluated:
+            if self.count >= self._max:
+                return None
+            _check_stop(self._should_stop)
+            if key not in self._ahead:
+                self.prefetch([overrides])
+            self.evaluated[key] = self._ahead.pop(key)
+            if self._progress is not None:
+                self._progress(self.count, self._max, f"verified a plan over {len(overrides)} layers")
+        return self.evaluated[key]
 
 
 @dataclass(frozen=True)
@@ -307,6 +420,7 @@ def suggest_plan(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
+    executor: Executor = INLINE,
 ) -> PlanSuggestion:
     """The per-layer plan removing the most FLOPs found whose verified top-1 drop is ≤ ``max_drop``.
 
@@ -322,6 +436,9 @@ def suggest_plan(
     Args:
         sensitivity: from :func:`layer_sensitivity` on the same model and data.
         max_drop: the budget as a fraction of top-1 (0.01 = one percentage point).
+        executor: evaluates the candidate plans. With several workers, the plans the search may
+            ask for next are evaluated together ahead of time; the search and its result are the
+            same as one plan at a time.
     """
     if not 0 <= max_drop <= 1 or math.isnan(max_drop):
         raise PlanError(f"the accuracy budget {max_drop!r} must be a fraction in [0, 1] (0.01 = one point)")
@@ -341,20 +458,9 @@ def suggest_plan(
         masks = plan_masks(model, plan_of(overrides), scores=scores)
         return estimate_pruned_costs(model, masks, data.input_shape, flops=flops, producers=producers)
 
-    evaluated: dict[tuple, EvalResult] = {(): baseline}
-
-    def verify(overrides: Mapping[str, float]) -> EvalResult | None:
-        """The plan's result, or None once the evaluation budget is spent."""
-        key = tuple(sorted(overrides.items()))
-        if key not in evaluated:
-            if len(evaluated) - 1 >= max_evaluations:
-                return None
-            _check_stop(should_stop)
-            masks = plan_masks(model, plan_of(overrides), scores=scores)
-            evaluated[key] = evaluate_masks(model, masks, data, reference=reference, should_stop=should_stop)
-            if progress is not None:
-                progress(len(evaluated) - 1, max_evaluations, f"verified a plan over {len(overrides)} layers")
-        return evaluated[key]
+    verifier = _Verifier(executor, _PlanShared(model, data, reference, scores, sensitivity.metric), baseline,
+                         max_evaluations, progress, should_stop)
+    verify = verifier.verify
 
     def meets(result: EvalResult) -> bool:
         return baseline.top1 - result.top1 <= max_drop + _EPS
@@ -384,6 +490,7 @@ def suggest_plan(
     thresholds = sorted({0.0} | {max(d, 0.0) for d in drops.values() if d <= max_drop + _EPS})
     lo, hi = -1, len(thresholds)
     while hi - lo > 1:
+        verifier.prefetch([at_threshold(thresholds[m]) for m in _search_ahead(lo, hi, verifier.batch)])
         mid = (lo + hi) // 2
         overrides = at_threshold(thresholds[mid])
         result = verify(overrides)
@@ -416,7 +523,8 @@ def suggest_plan(
         if not candidates:
             break
         candidates.sort(key=lambda c: (-c[0], c[1]))
-        for _, name, step, trial in candidates:
+        for i, (_, name, step, trial) in enumerate(candidates):
+            verifier.prefetch([candidate[3] for candidate in candidates[i : i + verifier.batch]])
             result = verify(trial)
             if result is None:
                 exhausted = True
@@ -429,7 +537,7 @@ def suggest_plan(
         else:
             break
 
-    final = evaluated[tuple(sorted(best.items()))]
+    final = verifier.evaluated[tuple(sorted(best.items()))]
     costs = costs_of(best)
     return PlanSuggestion(
         overrides=dict(sorted(best.items(), key=lambda item: names.index(item[0]))),
@@ -439,5 +547,5 @@ def suggest_plan(
         result=final,
         flops_removed=costs.flops_removed,
         params_removed=costs.params_removed,
-        evaluations=len(evaluated) - 1,
+        evaluations=verifier.count,
     )

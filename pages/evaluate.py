@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import finetuning, jobs
+from dashboard.cluster import job_executor, show_where_jobs_run
 from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
@@ -66,6 +67,7 @@ def page() -> None:
         st.error(f"These images cannot be evaluated with this model: {exc}")
         return
     _current_plan(active, data, data_key, reference, baseline)
+    show_where_jobs_run()
     sweep_tab, finetuned_tab, sensitivity_tab = st.tabs(["Accuracy vs sparsity", "After fine-tuning", "Sensitivity per layer"])
     with sweep_tab:
         _sweep(active, data, data_key, reference, baseline)
@@ -169,7 +171,7 @@ def _sweep(active, data, data_key, reference, baseline) -> None:
     key = ("sweep", active.key, data_key, tuple(chosen), int(seeds) if "random" in chosen else 0)
     points = jobs.run("eval_sweep", key, "Sweeping sparsity", lambda progress, stop: sparsity_sweep(
         active.model, data, criteria=chosen, seeds=range(int(seeds)), reference=reference, progress=progress,
-        should_stop=stop, device=active.device))
+        should_stop=stop, device=active.device, executor=job_executor()))
     if not points:
         st.caption("Run the sweep to see accuracy against sparsity for each criterion.")
         return
@@ -267,7 +269,8 @@ def _sensitivity(active, data, data_key, reference) -> None:
                "first are the ones to spare.")
     key = ("sensitivity", active.key, data_key, metric)
     sensitivity = jobs.run("eval_sensitivity", key, "Pruning one layer at a time", lambda progress, stop: layer_sensitivity(
-        active.model, data, metric=metric, reference=reference, progress=progress, should_stop=stop, device=active.device))
+        active.model, data, metric=metric, reference=reference, progress=progress, should_stop=stop, device=active.device,
+        executor=job_executor()))
     if sensitivity is None:
         st.caption("Run the analysis to see each layer's accuracy curve and get a plan within an accuracy budget.")
         return
@@ -285,7 +288,7 @@ def _sensitivity(active, data, data_key, reference) -> None:
     controls[1].button("Suggest a plan", key="eval_run_suggest", on_click=jobs.request, args=("eval_suggest",), icon=":material/auto_fix_high:")
     suggestion = jobs.run("eval_suggest", key + (float(budget),), "Verifying candidate plans", lambda progress, stop: suggest_plan(
         active.model, data, sensitivity, float(budget) / 100, reference=reference, progress=progress, should_stop=stop,
-        device=active.device))
+        device=active.device, executor=job_executor()))
     if suggestion is None:
         st.caption("Per layer, the largest sparsity whose drop fits, then verified together on the images and backed off or "
                    "raised a step at a time, keeping the plan that removes the most FLOPs.")

@@ -1,0 +1,90 @@
+"""Where the dashboard's long jobs run: in the server process, or on the Ray cluster the server names.
+
+The person starting the server names the cluster with the environment variable
+``FPGM_RAY_ADDRESS`` (``HOST:PORT`` of the cluster's head, e.g. ``FPGM_RAY_ADDRESS=10.0.0.5:6379
+streamlit run app.py``); the token comes as for any Ray client (``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). Without it nothing changes: jobs run in the
+server process. A browser session can never choose where code runs.
+
+One executor per address serves every session of the server (Ray allows one connection per
+process). A cluster that cannot be reached is tried again after ``RETRY_AFTER_S``, not on every
+rerun; meanwhile its jobs fail with the reason, and nothing is computed elsewhere instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import streamlit as st
+
+from fpgm_core.execution import INLINE, Executor, ExecutorError, RayExecutor
+
+__all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_jobs_run"]
+
+RAY_ADDRESS_SETTING = "FPGM_RAY_ADDRESS"
+RETRY_AFTER_S = 30.0
+
+_lock = threading.Lock()
+_executors: dict[str, RayExecutor] = {}
+# address → (when it failed, why)
+_failures: dict[str, tuple[float, str]] = {}
+
+
+class _Unavailable(Executor):
+    """Stands for a cluster that cannot be used: every run fails with the reason."""
+
+    name = "ray"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def describe(self) -> str:
+        return "on the cluster (unavailable)"
+
+    def run(self, task, shared, points, **_):
+        raise ExecutorError(self.reason)
+
+
+def _address() -> str | None:
+    return os.environ.get(RAY_ADDRESS_SETTING, "").strip() or None
+
+
+def job_executor() -> Executor:
+    """The executor for the Evaluate page's long jobs: in this process unless the server names a cluster."""
+    address = _address()
+    if address is None:
+        return INLINE
+    with _lock:
+        failure = _failures.get(address)
+        if failure is not None and time.monotonic() - failure[0] < RETRY_AFTER_S:
+            return _Unavailable(failure[1])
+        try:
+            executor = _executors.get(address) or RayExecutor(address)
+            executor.connect()
+        except ExecutorError as exc:
+            reason = f"the Ray cluster at {address} ({RAY_ADDRESS_SETTING}) cannot be used: {exc}"
+            _failures[address] = (time.monotonic(), reason)
+            return _Unavailable(reason)
+        _failures.pop(address, None)
+        _executors[address] = executor
+        return executor
+
+
+def show_where_jobs_run() -> None:
+    """A caption saying the long jobs run on the cluster (or why they cannot); nothing without a cluster."""
+    address = _address()
+    if address is None:
+        return
+    executor = job_executor()
+    if isinstance(executor, _Unavailable):
+        st.error(f"Sweeps and sensitivity cannot run: {executor.reason}. Retried in {RETRY_AFTER_S:.0f} s.")
+        return
+    try:
+        where = executor.describe()
+    except ExecutorError as exc:
+        st.error(f"Sweeps and sensitivity cannot run: {exc}")
+        return
+    st.caption(f":material/hub: Sweeps, sensitivity and suggestions run {where} at {address}.")
