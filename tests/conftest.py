@@ -42,10 +42,10 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def _running_server(log: Path) -> Iterator[Server]:
+def _running_server(log: Path, **options) -> Iterator[Server]:
     """A dashboard server on a free localhost port; a server that does not start fails the test."""
     try:
-        with running_dashboard(log) as server:
+        with running_dashboard(log, **options) as server:
             yield server
     except ServerError as exc:
         pytest.fail(str(exc))
@@ -62,6 +62,13 @@ def streamlit_server(tmp_path_factory):
 def fresh_dashboard(tmp_path) -> Iterator[Server]:
     """A dashboard server that no session has visited yet: its URL, process id and log."""
     with _running_server(tmp_path / "server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def slowed_dashboard(tmp_path) -> Iterator[Server]:
+    """A dashboard server whose widget callbacks are slowed down (``tests/slowed_streamlit.py``)."""
+    with _running_server(tmp_path / "server.log", callback_delay_s=0.5) as server:
         yield server
 
 

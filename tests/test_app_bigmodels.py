@@ -77,7 +77,7 @@ def test_vit_b_16_through_every_page(new_app, downloads, tmp_path):
     app.radio(key="tv_weights").set_value("none").run()
     next(button for button in app.button if button.label == "Load vit_b_16").click().run()
     assert_clean(app)
-    assert app.session_state["source"].arch == "vit_b_16"
+    assert app.session_state["workspace"].source.arch == "vit_b_16"
     original = fpgm_core.build_model("vit_b_16", "none").model
     layers = fpgm_core.prunable_layers(original)
     assert metric_values(app)["Prunable layers"] == str(len(layers))
@@ -106,7 +106,7 @@ def test_vit_b_16_through_every_page(new_app, downloads, tmp_path):
     np.testing.assert_allclose(decode(hover["z"]).reshape(-1)[-1], block.mean(), rtol=1e-4)
 
     app.switch_page(SPARSITY).run()
-    app.slider(key="sparsity_pct_widget").set_value(40).run()
+    app.slider(key="sparsity_pct").set_value(40).run()
     assert_clean(app)
     plan = plan_of(app)
     counts = fpgm_core.plan_counts(layers, plan)
@@ -202,7 +202,7 @@ def test_a_16384_filter_layer_is_shown_reduced_and_exports(new_app, downloads, w
     app.selectbox(key="upload_arch").set_value("wide").run()
     next(button for button in app.button if button.label == "Load the uploaded weights").click().run()
     assert_clean(app)
-    assert app.session_state["source"].arch == "wide"
+    assert app.session_state["workspace"].source.arch == "wide"
     assert list(app.dataframe[0].value["filters"]) == [8, WIDE, 10]
 
     app.switch_page(HEATMAPS).run()
