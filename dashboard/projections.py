@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PROJECTIONS", "pca_2d", "mds_2d"]
+__all__ = ["PROJECTIONS", "pca_2d", "mds_2d", "principal_axes"]
 
 PROJECTIONS = ("PCA", "MDS")
 # Up to this size a full symmetric eigendecomposition is fast (~20 ms); above, a randomized one is
@@ -56,6 +56,18 @@ def pca_2d(filters: Tensor) -> np.ndarray:
         return _pad(centred @ vh[:rank].T, n)
     _, _, v = _lowrank_svd(centred, q=min(6, n, d), niter=4)
     return _pad(centred @ v[:, :2], n)
+
+
+def principal_axes(centred: Tensor, k: int = 2) -> Tensor:
+    """(D, k) leading principal axes of the rows of ``centred`` (already centred), by randomized SVD;
+    columns beyond the matrix's rank are zero."""
+    n, d = centred.shape
+    rank = min(k, n, d)
+    axes = torch.zeros(d, k, dtype=centred.dtype)
+    if rank:
+        _, _, v = _lowrank_svd(centred, q=min(k + 4, n, d), niter=4)
+        axes[:, :rank] = v[:, :rank]
+    return axes
 
 
 def mds_2d(distances: Tensor | np.ndarray) -> np.ndarray:

@@ -241,3 +241,60 @@ def test_a_16384_filter_layer_is_shown_reduced_and_exports(new_app, downloads, w
     unmodified.load_state_dict(state, strict=True)
     assert_masked_checkpoint(unmodified.state_dict(), uploaded, masks)
     assert WIDE not in no_full_matrix
+
+
+# --- The explainer's size guards ----------------------------------------------------------------
+
+EXPLAINER = "pages/explainer.py"
+
+
+@pytest.fixture
+def no_big_svd(monkeypatch):
+    """Fail any full SVD of more than 4 M values: the exact view's cost (vgg16's 4096×25088 layer
+    would take minutes and gigabytes in float64)."""
+    real = torch.linalg.svd
+
+    def guarded(matrix, *args, **kwargs):
+        if matrix.numel() > 1 << 22:
+            raise AssertionError(f"a full SVD of a {tuple(matrix.shape)} matrix")
+        return real(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", guarded)
+
+
+def load_torchvision(app, arch: str) -> None:
+    app.switch_page(MODEL_PAGE).run()
+    app.radio(key="source_kind").set_value("torchvision").run()
+    app.selectbox(key="tv_arch").set_value(arch)
+    app.radio(key="tv_weights").set_value("none").run()
+    next(button for button in app.button if button.label == f"Load {arch}").click().run()
+    assert_clean(app)
+
+
+def explainer_charts(app) -> set[str]:
+    return {element.key for element in app.get("plotly_chart")}
+
+
+def test_the_explainer_guards_big_layers_of_vit_and_vgg(new_app, no_big_svd):
+    app = new_app(MODEL_PAGE)
+    load_torchvision(app, "vit_b_16")
+    app.switch_page(EXPLAINER).run()
+    app.selectbox(key="explain_layer").set_value(VIT_MLP).run()  # 3072×768: exact
+    assert_clean(app)
+    assert {"explain_projection", "explain_scores"} <= explainer_charts(app)
+    assert "approximate" not in captions(app)
+
+    load_torchvision(app, "vgg16_bn")
+    app.switch_page(EXPLAINER).run()
+    app.selectbox(key="explain_layer").set_value("classifier.0").run()  # 4096×25088: refused
+    assert_clean(app)
+    assert "too many to draw its geometric median here" in " ".join(info.value for info in app.info)
+    assert "explain_projection" not in explainer_charts(app)
+    app.selectbox(key="explain_layer").set_value("classifier.3").run()  # 4096×4096: approximate
+    assert_clean(app)
+    assert {"explain_projection", "explain_scores"} <= explainer_charts(app)
+    assert "approximate" in captions(app)
+    # The approximate median is still near the true one: the FPGM scores track the distances to it.
+    text = " ".join(m.value for m in app.markdown)
+    correlation = float(text.split("geometric median: **")[1].split("**")[0])
+    assert correlation > 0.5, text
