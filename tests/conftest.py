@@ -15,8 +15,29 @@ from typing import Iterator
 
 import pytest
 import torch
+from streamlit.runtime.media_file_manager import MediaFileManager
 
 from load_sessions import APP, CHROMIUM, CHROMIUM_ARGS, Server, ServerError, running_dashboard
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, object]:
+    """What the page's download buttons would serve, by file name (bytes, or the deferred callable)."""
+    served: dict[str, object] = {}
+    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
+
+    def record(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
+        if file_name:
+            served[file_name] = path_or_data
+        return add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
+
+    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        served[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
+    return served
 
 
 @pytest.fixture

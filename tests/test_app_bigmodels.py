@@ -18,7 +18,7 @@ from torch import nn
 
 import fpgm_core
 from dashboard import figures
-from test_app_export import content, downloads, plan_of  # noqa: F401 (downloads is a fixture)
+from test_app_export import content, plan_of
 from test_app_heatmaps import charts, decode, traces
 
 MODEL_PAGE = "pages/model.py"

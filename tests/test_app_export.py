@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
-from streamlit.runtime.media_file_manager import MediaFileManager
 
 import fpgm_core
 from dashboard import exports
@@ -22,27 +21,8 @@ EXPORT = "pages/export.py"
 STEM = "demo-fpgm"
 
 
-@pytest.fixture
-def downloads(monkeypatch):
-    """What the page's download buttons would serve, by file name (bytes, or the deferred callable)."""
-    served: dict[str, object] = {}
-    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
-
-    def record(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
-        if file_name:
-            served[file_name] = path_or_data
-        return add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
-
-    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
-        served[file_name] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
-
-    monkeypatch.setattr(MediaFileManager, "add", record)
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
-    return served
-
-
 def content(served: dict, name: str) -> bytes:
+    """The bytes a download button serves (``served`` is the ``downloads`` fixture of conftest.py)."""
     value = served[name]
     value = value() if callable(value) else value
     return value.encode() if isinstance(value, str) else bytes(value)

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 
 import fpgm_core.slim
 from fpgm_core import ExportError
-from test_app_export import content, downloads  # noqa: F401 (downloads is a fixture)
+from test_app_export import content
 
 EXPORT = "pages/export.py"
 STEM = "demo-fpgm"
