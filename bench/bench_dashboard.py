@@ -106,7 +106,7 @@ def apptest_paths(repeats: int) -> None:
     app.switch_page("pages/heatmaps.py").run()
     done = time.perf_counter()
     assert not app.exception, app.exception
-    assert app.session_state["source"].arch == ARCH
+    assert app.session_state["workspace"].source.arch == ARCH
     record(f"(a) AppTest: Load click run ({loaded - start:.2f} s) + Heatmaps page run", done - start, 3.0)
 
     app.switch_page("pages/sparsity.py").run()  # scores every layer once (cached from here on)
@@ -114,7 +114,7 @@ def apptest_paths(repeats: int) -> None:
         app.radio(key="mode").set_value(mode).run()
         times = []
         for step in range(repeats):
-            app.slider(key="sparsity_pct_widget").set_value(10 + (step * 70) // max(repeats - 1, 1))
+            app.slider(key="sparsity_pct").set_value(10 + (step * 70) // max(repeats - 1, 1))
             start = time.perf_counter()
             app.run()
             times.append(time.perf_counter() - start)

@@ -17,6 +17,11 @@ Either way only the weights are kept; they are loaded into a chosen architecture
 
 An ``.onnx`` file is a model of its own (graph and weights): it needs no architecture and is
 built by ``fpgm_core.models.onnx`` from its protobuf, which runs no code (:func:`is_onnx_upload`).
+
+The three weight formats are zip archives (a ``.pt`` state_dict too). An archive is inflated in memory, so a
+small deflate bomb could fill the shared server: before anything reads one, its entries are
+counted and every compressed entry is inflated in chunks with the total bounded, as
+``fpgm_core.evaluation.extract_zip`` bounds image zips (:func:`check_archive`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +41,17 @@ from torch import Tensor
 
 from fpgm_core import ModelLoadError, build_model, read_state_dict, state_dict_mismatch
 
-__all__ = ["UPLOAD_TYPES", "UploadedWeights", "digest_of", "read_upload", "check_fits", "is_onnx_upload"]
+__all__ = [
+    "UPLOAD_TYPES", "MAX_ARCHIVE_ENTRIES", "MAX_INFLATED_BYTES", "UploadedWeights", "digest_of", "read_upload",
+    "check_fits", "check_archive", "is_onnx_upload",
+]
 
 UPLOAD_TYPES = ["pt", "pth", "safetensors", "pt2", "onnx"]
+
+# The bounds of fpgm_core.evaluation's image zips: a model archive has one entry per tensor
+# (thousands at most) and is stored uncompressed by torch, so its size is the upload's (≤ 200 MB).
+MAX_ARCHIVE_ENTRIES = 20_000
+MAX_INFLATED_BYTES = 1 << 30
 
 FORMAT_LABELS = {"state_dict": "state_dict", "torchscript": "TorchScript module", "export": "torch.export program"}
 
@@ -60,7 +74,7 @@ def read_upload(data: bytes, filename: str) -> UploadedWeights:
     """The weights of an uploaded file; ModelLoadError (with what to upload instead) otherwise."""
     if not data:
         raise ModelLoadError(f"{filename}: the file is empty")
-    archive = _open_zip(data)
+    archive = _open_zip(data, filename)
     names = archive.namelist() if archive is not None else []
     if filename.lower().endswith(".pt2") or any(name.endswith("model_weights_config.json") for name in names):
         if archive is None:
@@ -103,11 +117,41 @@ def check_fits(state: dict[str, Tensor], arch: str, input_shape: tuple[int, ...]
         raise ModelLoadError(f"the uploaded weights do not fit {arch}: {mismatch}")
 
 
-def _open_zip(data: bytes) -> zipfile.ZipFile | None:
+def check_archive(archive: zipfile.ZipFile, filename: str) -> None:
+    """Raise ModelLoadError unless ``archive`` has at most MAX_ARCHIVE_ENTRIES entries and inflates
+    to at most MAX_INFLATED_BYTES, counting the bytes actually inflated, not the sizes headers claim.
+
+    Stored entries (what torch writes) are their own size; compressed ones are inflated here in
+    1 MB chunks, so a bomb is stopped one chunk past the bound.
+    """
+    entries = archive.infolist()
+    if len(entries) > MAX_ARCHIVE_ENTRIES:
+        raise ModelLoadError(f"{filename}: the archive has {len(entries):,} entries; at most {MAX_ARCHIVE_ENTRIES:,} are read")
+    total = 0
+    limit = f"{filename}: the archive inflates to more than {MAX_INFLATED_BYTES >> 20} MB, so it was not read"
+    for entry in entries:
+        if entry.compress_type == zipfile.ZIP_STORED:
+            total += entry.compress_size
+            if total > MAX_INFLATED_BYTES:
+                raise ModelLoadError(limit)
+            continue
+        try:
+            with archive.open(entry) as member:
+                while chunk := member.read(1 << 20):
+                    total += len(chunk)
+                    if total > MAX_INFLATED_BYTES:
+                        raise ModelLoadError(limit)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as exc:
+            raise ModelLoadError(f"{filename}: archive entry {entry.filename!r} cannot be read ({exc})") from exc
+
+
+def _open_zip(data: bytes, filename: str) -> zipfile.ZipFile | None:
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         return None
+    check_archive(archive, filename)
+    return archive
 
 
 # --- TorchScript -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import finetuning, jobs
 from dashboard.cluster import job_executor, show_where_jobs_run
-from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
+from dashboard.state import active_model, current_plan, load_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
 from fpgm_core.evaluation import (
@@ -304,9 +304,9 @@ def _sensitivity(active, data, data_key, reference) -> None:
     else:
         st.warning("No layer can be pruned within this budget; try a larger one.")
     st.caption("Verified on the same images it was chosen on: on new images the drop may differ.")
+    # The plan is loaded by the click's callback, before this run draws anything; then the page opens.
     if st.button("Load into the Sparsity page", key="eval_load_plan", type="primary", disabled=not suggestion.overrides,
-                 icon=":material/tune:"):
-        _load_plan(suggestion.overrides, suggestion.metric)
+                 icon=":material/tune:", on_click=load_plan, args=(dict(suggestion.overrides), suggestion.metric)):
         st.switch_page("pages/sparsity.py")
 
 
@@ -326,18 +326,6 @@ def _sensitivity_figure(sensitivity) -> go.Figure:
         yaxis=dict(title="top-1 accuracy", tickformat=".0%", range=[0, 1.03]),
     )
     return fig
-
-
-def _load_plan(overrides: dict[str, float], metric: str) -> None:
-    """Make the suggestion the session's plan: these layers overridden, all others unpruned."""
-    session = st.session_state
-    session.overrides = dict(overrides)
-    session.sparsity_pct = 0
-    session.mode = "uniform"
-    session.metric = metric
-    session.include_output = False
-    # A new editor key drops pending edits of the per-layer table, which would undo the overrides.
-    session.editor_generation += 1
 
 
 require_entry(__file__)

@@ -1,12 +1,15 @@
 """How FPGM works: the geometric median, why filters near it are redundant, the three-filter example,
 and the same picture drawn on a layer of the loaded model."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from dashboard.projections import principal_axes
 from dashboard.state import active_model, require_entry
 from fpgm_core import fpgm_scores, layer_filters, mask_from_scores, prune_count
 from fpgm_core.criteria import filter_norms, geometric_median
@@ -15,6 +18,13 @@ FPGM_COLOR = "#d62728"
 NORM_COLOR = "#ff7f0e"
 KEPT_COLOR = "#1f77b4"
 MEDIAN_COLOR = "#f2b701"
+# Size guards, as the Heatmaps page has them: up to EXACT_WEIGHTS weights in a layer (ViT-B/16's
+# largest, 3072×768, has 2.4 M) the view is exact: float64 SVD, 300 Weiszfeld steps. Up to
+# MAX_WEIGHTS (vgg16's 4096×4096 classifier layer) it is approximate: randomized float32 axes and
+# 50 steps, a few seconds. Beyond (vgg16's 4096×25088 first classifier layer, 103 M weights, where
+# the exact view would take minutes and gigabytes) the page says so and draws nothing.
+EXACT_WEIGHTS = 1 << 22
+MAX_WEIGHTS = 1 << 24
 
 INTRO = r"""
 **Filter Pruning via Geometric Median** (He et al., CVPR 2019) removes whole filters — output channels — of each
@@ -109,22 +119,30 @@ def _line_figure(values: list[float], median: float, by_norm: int, by_fpgm: int)
 
 @st.cache_data(max_entries=32, show_spinner="Finding the geometric median of the layer's filters…")
 def _layer_view(_model, model_key, layer: str) -> dict[str, np.ndarray]:
-    """PCA coordinates of the layer's filters and of their geometric median, with scores and norms."""
-    weight = layer_filters(dict(_model.named_modules())[layer]).detach().to("cpu", torch.float64)
-    matrix = weight.reshape(weight.shape[0], -1)
-    median = geometric_median(matrix, iterations=300)
+    """PCA coordinates of the layer's filters and of their geometric median, with scores and norms.
+
+    Exact up to EXACT_WEIGHTS weights; approximate (randomized axes, fewer median steps) above.
+    """
+    weight = layer_filters(dict(_model.named_modules())[layer]).detach().to("cpu")
+    exact = weight.numel() <= EXACT_WEIGHTS
+    matrix = weight.reshape(weight.shape[0], -1).to(torch.float64 if exact else torch.float32)
+    median = geometric_median(matrix, iterations=300 if exact else 50, tolerance=1e-10 if exact else 1e-6).to(matrix.dtype)
     mean = matrix.mean(dim=0)
-    # Exact principal axes; a median is projected with the same axes, which a fitted view could not do.
-    _, _, vh = torch.linalg.svd(matrix - mean, full_matrices=False)
-    axes = vh[:2].T
-    if axes.shape[1] < 2:
-        axes = torch.cat([axes, torch.zeros(axes.shape[0], 2 - axes.shape[1], dtype=axes.dtype)], dim=1)
+    if exact:
+        # Exact principal axes; a median is projected with the same axes, which a fitted view could not do.
+        _, _, vh = torch.linalg.svd(matrix - mean, full_matrices=False)
+        axes = vh[:2].T
+        if axes.shape[1] < 2:
+            axes = torch.cat([axes, torch.zeros(axes.shape[0], 2 - axes.shape[1], dtype=axes.dtype)], dim=1)
+    else:
+        axes = principal_axes(matrix - mean, 2)
     return {
-        "coords": ((matrix - mean) @ axes).numpy(),
-        "median": ((median - mean) @ axes).numpy(),
-        "scores": fpgm_scores(weight, "l2", device="cpu").numpy(),
-        "norms": filter_norms(weight, 2).numpy(),
-        "to_median": (matrix - median).norm(dim=1).numpy(),
+        "coords": ((matrix - mean) @ axes).double().numpy(),
+        "median": ((median - mean) @ axes).double().numpy(),
+        "scores": fpgm_scores(weight, "l2", device="cpu").double().numpy(),
+        "norms": filter_norms(weight.double(), 2).numpy(),
+        "to_median": (matrix - median).norm(dim=1).double().numpy(),
+        "exact": exact,
     }
 
 
@@ -144,7 +162,18 @@ def _live_layer() -> None:
     if controls[2].button("Open in Heatmaps", key="explain_open_heatmaps", icon=":material/grid_on:"):
         session.heat_layer = layer
         st.switch_page("pages/heatmaps.py")
+    info = active.layer(layer)
+    weights = math.prod(info.weight_shape)
+    if weights > MAX_WEIGHTS:
+        st.info(f"**{layer}** has {info.filters:,} filters of {weights // info.filters:,} weights ({weights / 1e6:.0f} M in all): "
+                f"too many to draw its geometric median here (this page draws layers of up to {MAX_WEIGHTS / 1e6:.1f} M "
+                "weights). Pick a smaller layer; this one's scores and distances are on the Heatmaps page.",
+                icon=":material/speed:")
+        return
     view = _layer_view(active.model, active.key, layer)
+    if not view["exact"]:
+        st.caption(f"{weights / 1e6:.1f} M weights: the axes are a randomized PCA and the median 50 Weiszfeld steps "
+                   "(approximate, to keep the page quick).")
     n = len(view["scores"])
     count = prune_count(pct / 100, n)
     fpgm_pruned = ~mask_from_scores(torch.from_numpy(view["scores"]), count).numpy()

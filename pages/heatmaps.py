@@ -8,17 +8,17 @@ from dashboard.figures import filter_order, heatmap_figure, kernel_figure, proje
 from dashboard.projections import PROJECTIONS
 from dashboard.state import (
     METRIC_LABELS,
+    ORDER_LABELS,
+    SPARSITY_RANGE,
     active_model,
     current_plan,
     layer_keep,
     plan_description,
     plan_error,
     require_entry,
-    shared,
 )
 from fpgm_core import METRICS, LayerInfo, PlanError, layer_filters
 
-ORDER_LABELS = {"score": "FPGM score", "index": "index"}
 CHART_CONFIG = {"displaylogo": False}
 
 
@@ -58,10 +58,12 @@ def _controls(active) -> tuple[LayerInfo, str, bool]:
         "Layer", names, key="heat_layer", persist_state="session",
         format_func=lambda n: f"{n} · {active.layer(n).type} · {active.layer(n).filters} filters",
     )
-    metric = row[1].radio("Metric", METRICS, format_func=METRIC_LABELS.get, horizontal=True, **shared("metric"))
+    metric = row[1].radio("Metric", METRICS, format_func=METRIC_LABELS.get, horizontal=True, key="metric",
+                          persist_state="session")
     order = row[2].radio("Order", list(ORDER_LABELS), format_func=ORDER_LABELS.get, horizontal=True,
                          key="order", persist_state="session")
-    row[3].slider("Global sparsity", 0, 95, format="%d%%", help="Shared with the Sparsity page.", **shared("sparsity_pct"))
+    row[3].slider("Global sparsity", **SPARSITY_RANGE, format="%d%%", help="Shared with the Sparsity page.",
+                  key="sparsity_pct", persist_state="session")
     return active.layer(name), metric, order == "score"
 
 

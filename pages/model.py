@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import cache
 from dashboard.pretrained import download_pretrained, download_timm_pretrained, pretrained_available, timm_pretrained_available
 from dashboard.sources import DEFAULT_SOURCE, FACTORIES_ENV, ModelSource, configured_factories
-from dashboard.state import active_model, commit_model, require_entry
+from dashboard.state import active_model, commit_model, require_entry, workspace
 from dashboard.summary import format_count
 from dashboard.uploads import FORMAT_LABELS, UPLOAD_TYPES, check_fits, digest_of, is_onnx_upload, read_upload
 from fpgm_core import FpgmError, ModelLoadError, available_devices, classification_architectures, count_parameters
@@ -215,7 +215,7 @@ def _summary() -> None:
     active = active_model()
     loaded = active.loaded
     st.subheader(active.source.label())
-    for notice in (st.session_state.load_notice, loaded.notice):
+    for notice in (workspace().notice, loaded.notice):
         if notice:
             st.warning(notice, icon=":material/info:")
     if loaded.onnx is not None:

@@ -8,15 +8,18 @@ from dashboard.figures import sparsity_figure
 from dashboard.state import (
     METRIC_LABELS,
     MODE_LABELS,
+    SPARSITY_RANGE,
     active_model,
+    clear_overrides,
     current_plan,
     editor_key,
+    fold_editor_edits,
     plan_error,
     plan_summary,
     require_entry,
-    shared,
+    workspace,
 )
-from dashboard.summary import PlanSummary, apply_editor_edits, format_count, layer_table
+from dashboard.summary import PlanSummary, format_count, layer_table
 from fpgm_core import METRICS, FpgmError, PlanError
 
 
@@ -24,19 +27,18 @@ def page() -> None:
     st.title("Sparsity")
     active = active_model()
     _controls()
-    session = st.session_state
-    # Edits typed in the table since the last run count before anything is computed, so the
-    # summary and the table's own counts agree on every run.
-    session.overrides = apply_editor_edits(session.overrides, [layer.name for layer in active.layers], session.get(editor_key()))
+    if fold_editor_edits([layer.name for layer in active.layers], workspace().editor_generation):
+        st.rerun()  # a table edit whose callback Streamlit stopped midway: the sidebar must show it too
+    plan = current_plan()
     try:
-        summary = plan_summary(active, current_plan())
+        summary = plan_summary(active, plan)
     except PlanError as exc:
         plan_error(exc)
         return
     if summary.tracing_note:
         st.warning(f"{summary.tracing_note[0].upper()}{summary.tracing_note[1:]}.", icon=":material/account_tree:")
     _metrics(active, summary)
-    table = layer_table(active.layers, summary.counts, session.overrides)
+    table = layer_table(active.layers, summary.counts, plan.overrides)
     left, right = st.columns([3, 2], gap="large")
     with left:
         _editor(table)
@@ -62,12 +64,12 @@ def _groups(active) -> None:
 
 def _controls() -> None:
     top = st.columns([3, 2, 2], gap="large")
-    top[0].slider("Global sparsity", 0, 95, format="%d%%", **shared("sparsity_pct"),
+    top[0].slider("Global sparsity", **SPARSITY_RANGE, format="%d%%", key="sparsity_pct", persist_state="session",
                   help="Fraction of filters pruned in every layer (uniform), or over all layers together (global).")
     top[1].radio("Mode", list(MODE_LABELS), format_func=MODE_LABELS.get, key="mode", persist_state="session",
                  help="Uniform: each layer loses the same fraction, exactly as PyTorch's FPGMPruner. Global: filters "
                       "of all layers compete on scores normalised by their layer's mean.")
-    top[2].radio("Metric", METRICS, format_func=METRIC_LABELS.get, horizontal=True, **shared("metric"))
+    top[2].radio("Metric", METRICS, format_func=METRIC_LABELS.get, horizontal=True, key="metric", persist_state="session")
     below = st.columns([3, 4], gap="large")
     below[0].slider("Per-layer cap (global mode)", 5, 100, format="%d%%", key="max_layer_pct", persist_state="session",
                     disabled=st.session_state.mode != "global",
@@ -91,10 +93,15 @@ def _metrics(active, summary: PlanSummary) -> None:
 
 
 def _editor(table: pd.DataFrame) -> None:
-    """The per-layer table; only *override* is editable, the rest is the live result."""
+    """The per-layer table; only *override* is editable, the rest is the live result.
+
+    An edit becomes an override in the editor's callback, before the rerun that it starts, so the
+    sidebar's plan line (drawn before this page) already shows it.
+    """
     st.markdown("**Per layer** · type a sparsity (0–1) in *override* to fix a layer; clear it to follow the plan.")
+    generation = workspace().editor_generation
     st.data_editor(
-        table, key=editor_key(), num_rows="fixed", width="stretch", height=min(38 + 35 * len(table), 560),
+        table, key=editor_key(generation), on_change=fold_editor_edits, args=(list(table.index), generation), num_rows="fixed", width="stretch", height=min(38 + 35 * len(table), 560),
         disabled=["type", "filters", "pruned", "kept", "sparsity", "rule"], placeholder="—",
         column_order=["filters", "override", "pruned", "sparsity", "rule"],
         column_config={
@@ -109,12 +116,7 @@ def _editor(table: pd.DataFrame) -> None:
             "rule": st.column_config.TextColumn("set by", width="small"),
         },
     )
-    st.button("Clear overrides", on_click=_clear_overrides, disabled=not st.session_state.overrides)
-
-
-def _clear_overrides() -> None:
-    st.session_state.overrides = {}
-    st.session_state.editor_generation += 1  # a new editor: its pending edits go too
+    st.button("Clear overrides", on_click=clear_overrides, disabled=not workspace().override_items)
 
 
 require_entry(__file__)

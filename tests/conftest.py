@@ -15,8 +15,29 @@ from typing import Iterator
 
 import pytest
 import torch
+from streamlit.runtime.media_file_manager import MediaFileManager
 
 from load_sessions import APP, CHROMIUM, CHROMIUM_ARGS, Server, ServerError, running_dashboard
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> dict[str, object]:
+    """What the page's download buttons would serve, by file name (bytes, or the deferred callable)."""
+    served: dict[str, object] = {}
+    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
+
+    def record(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
+        if file_name:
+            served[file_name] = path_or_data
+        return add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
+
+    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        served[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
+    return served
 
 
 @pytest.fixture
@@ -42,10 +63,10 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def _running_server(log: Path) -> Iterator[Server]:
+def _running_server(log: Path, **options) -> Iterator[Server]:
     """A dashboard server on a free localhost port; a server that does not start fails the test."""
     try:
-        with running_dashboard(log) as server:
+        with running_dashboard(log, **options) as server:
             yield server
     except ServerError as exc:
         pytest.fail(str(exc))
@@ -62,6 +83,13 @@ def streamlit_server(tmp_path_factory):
 def fresh_dashboard(tmp_path) -> Iterator[Server]:
     """A dashboard server that no session has visited yet: its URL, process id and log."""
     with _running_server(tmp_path / "server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def slowed_dashboard(tmp_path) -> Iterator[Server]:
+    """A dashboard server whose widget callbacks are slowed down (``tests/slowed_streamlit.py``)."""
+    with _running_server(tmp_path / "server.log", callback_delay_s=0.5) as server:
         yield server
 
 

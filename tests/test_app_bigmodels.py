@@ -18,7 +18,7 @@ from torch import nn
 
 import fpgm_core
 from dashboard import figures
-from test_app_export import content, downloads, plan_of  # noqa: F401 (downloads is a fixture)
+from test_app_export import content, plan_of
 from test_app_heatmaps import charts, decode, traces
 
 MODEL_PAGE = "pages/model.py"
@@ -77,7 +77,7 @@ def test_vit_b_16_through_every_page(new_app, downloads, tmp_path):
     app.radio(key="tv_weights").set_value("none").run()
     next(button for button in app.button if button.label == "Load vit_b_16").click().run()
     assert_clean(app)
-    assert app.session_state["source"].arch == "vit_b_16"
+    assert app.session_state["workspace"].source.arch == "vit_b_16"
     original = fpgm_core.build_model("vit_b_16", "none").model
     layers = fpgm_core.prunable_layers(original)
     assert metric_values(app)["Prunable layers"] == str(len(layers))
@@ -106,7 +106,7 @@ def test_vit_b_16_through_every_page(new_app, downloads, tmp_path):
     np.testing.assert_allclose(decode(hover["z"]).reshape(-1)[-1], block.mean(), rtol=1e-4)
 
     app.switch_page(SPARSITY).run()
-    app.slider(key="sparsity_pct_widget").set_value(40).run()
+    app.slider(key="sparsity_pct").set_value(40).run()
     assert_clean(app)
     plan = plan_of(app)
     counts = fpgm_core.plan_counts(layers, plan)
@@ -202,7 +202,7 @@ def test_a_16384_filter_layer_is_shown_reduced_and_exports(new_app, downloads, w
     app.selectbox(key="upload_arch").set_value("wide").run()
     next(button for button in app.button if button.label == "Load the uploaded weights").click().run()
     assert_clean(app)
-    assert app.session_state["source"].arch == "wide"
+    assert app.session_state["workspace"].source.arch == "wide"
     assert list(app.dataframe[0].value["filters"]) == [8, WIDE, 10]
 
     app.switch_page(HEATMAPS).run()
@@ -241,3 +241,60 @@ def test_a_16384_filter_layer_is_shown_reduced_and_exports(new_app, downloads, w
     unmodified.load_state_dict(state, strict=True)
     assert_masked_checkpoint(unmodified.state_dict(), uploaded, masks)
     assert WIDE not in no_full_matrix
+
+
+# --- The explainer's size guards ----------------------------------------------------------------
+
+EXPLAINER = "pages/explainer.py"
+
+
+@pytest.fixture
+def no_big_svd(monkeypatch):
+    """Fail any full SVD of more than 4 M values: the exact view's cost (vgg16's 4096×25088 layer
+    would take minutes and gigabytes in float64)."""
+    real = torch.linalg.svd
+
+    def guarded(matrix, *args, **kwargs):
+        if matrix.numel() > 1 << 22:
+            raise AssertionError(f"a full SVD of a {tuple(matrix.shape)} matrix")
+        return real(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", guarded)
+
+
+def load_torchvision(app, arch: str) -> None:
+    app.switch_page(MODEL_PAGE).run()
+    app.radio(key="source_kind").set_value("torchvision").run()
+    app.selectbox(key="tv_arch").set_value(arch)
+    app.radio(key="tv_weights").set_value("none").run()
+    next(button for button in app.button if button.label == f"Load {arch}").click().run()
+    assert_clean(app)
+
+
+def explainer_charts(app) -> set[str]:
+    return {element.key for element in app.get("plotly_chart")}
+
+
+def test_the_explainer_guards_big_layers_of_vit_and_vgg(new_app, no_big_svd):
+    app = new_app(MODEL_PAGE)
+    load_torchvision(app, "vit_b_16")
+    app.switch_page(EXPLAINER).run()
+    app.selectbox(key="explain_layer").set_value(VIT_MLP).run()  # 3072×768: exact
+    assert_clean(app)
+    assert {"explain_projection", "explain_scores"} <= explainer_charts(app)
+    assert "approximate" not in captions(app)
+
+    load_torchvision(app, "vgg16_bn")
+    app.switch_page(EXPLAINER).run()
+    app.selectbox(key="explain_layer").set_value("classifier.0").run()  # 4096×25088: refused
+    assert_clean(app)
+    assert "too many to draw its geometric median here" in " ".join(info.value for info in app.info)
+    assert "explain_projection" not in explainer_charts(app)
+    app.selectbox(key="explain_layer").set_value("classifier.3").run()  # 4096×4096: approximate
+    assert_clean(app)
+    assert {"explain_projection", "explain_scores"} <= explainer_charts(app)
+    assert "approximate" in captions(app)
+    # The approximate median is still near the true one: the FPGM scores track the distances to it.
+    text = " ".join(m.value for m in app.markdown)
+    correlation = float(text.split("geometric median: **")[1].split("**")[0])
+    assert correlation > 0.5, text

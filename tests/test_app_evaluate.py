@@ -130,7 +130,7 @@ def test_sensitivity_suggestion_loads_into_the_sparsity_page(open_page, original
     app.button(key="eval_load_plan").click().run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Sparsity"
-    overrides = app.session_state["overrides"]
+    overrides = app.session_state["workspace"].overrides
     assert overrides and app.session_state["sparsity_pct"] == 0 and app.session_state["mode"] == "uniform"
     layers = {layer.name: layer.filters for layer in fpgm_core.prunable_layers(fpgm_core.build_model("demo", "default").model)}
     pruned = app.data_editor[0].value["pruned"]

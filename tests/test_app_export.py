@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
-from streamlit.runtime.media_file_manager import MediaFileManager
 
 import fpgm_core
 from dashboard import exports
@@ -22,27 +21,8 @@ EXPORT = "pages/export.py"
 STEM = "demo-fpgm"
 
 
-@pytest.fixture
-def downloads(monkeypatch):
-    """What the page's download buttons would serve, by file name (bytes, or the deferred callable)."""
-    served: dict[str, object] = {}
-    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
-
-    def record(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
-        if file_name:
-            served[file_name] = path_or_data
-        return add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
-
-    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
-        served[file_name] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
-
-    monkeypatch.setattr(MediaFileManager, "add", record)
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
-    return served
-
-
 def content(served: dict, name: str) -> bytes:
+    """The bytes a download button serves (``served`` is the ``downloads`` fixture of conftest.py)."""
     value = served[name]
     value = value() if callable(value) else value
     return value.encode() if isinstance(value, str) else bytes(value)
@@ -51,7 +31,7 @@ def content(served: dict, name: str) -> bytes:
 def plan_of(app) -> fpgm_core.SparsityPlan:
     state = app.session_state
     return fpgm_core.SparsityPlan(
-        sparsity=state["sparsity_pct"] / 100, metric=state["metric"], overrides=dict(state["overrides"]), mode=state["mode"],
+        sparsity=state["sparsity_pct"] / 100, metric=state["metric"], overrides=state["workspace"].overrides, mode=state["mode"],
         max_layer_sparsity=state["max_layer_pct"] / 100, include_output=state["include_output"],
     )
 
@@ -72,7 +52,7 @@ def test_export_page_offers_every_file(new_app, downloads):
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_downloads_load_strictly_with_zeros_exactly_at_the_masked_filters(new_app, downloads, tmp_path, fmt):
     app = new_app("pages/sparsity.py")
-    app.slider(key="sparsity_pct_widget").set_value(40).run()
+    app.slider(key="sparsity_pct").set_value(40).run()
     app.switch_page(EXPORT).run()
     if fmt == "pt":
         app.radio(key="snippet_format").set_value("pt").run()
@@ -108,7 +88,7 @@ def test_exporting_never_modifies_the_cached_model(new_app, downloads):
 
     app = new_app(EXPORT)
     state = app.session_state
-    model = cache.load_model(state["source"], state["device"], None).model
+    model = cache.load_model(state["workspace"].source, state["device"], None).model
     before = fpgm_core.model_fingerprint(model)
     for name in (f"{STEM}.safetensors", f"{STEM}.pt"):
         assert content(downloads, name)
@@ -147,7 +127,7 @@ def test_weights_argument_for_uploads():
 
 def test_the_page_command_reproduces_the_download_headlessly(new_app, downloads, tmp_path):
     app = new_app("pages/sparsity.py")
-    app.slider(key="sparsity_pct_widget").set_value(55).run()
+    app.slider(key="sparsity_pct").set_value(55).run()
     app.radio(key="mode").set_value("global").run()
     app.switch_page(EXPORT).run()
     (tmp_path / "from-dashboard.safetensors").write_bytes(content(downloads, f"{STEM}.safetensors"))

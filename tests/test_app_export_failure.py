@@ -17,11 +17,11 @@ from safetensors.torch import load as load_safetensors
 
 import fpgm_core.slim
 from fpgm_core import ExportError
-from test_app_export import content, downloads  # noqa: F401 (downloads is a fixture)
+from test_app_export import content
 
 EXPORT = "pages/export.py"
 STEM = "demo-fpgm"
-PLAN_KEYS = ("sparsity_pct", "metric", "mode", "max_layer_pct", "include_output", "overrides")
+PLAN_KEYS = ("sparsity_pct", "metric", "mode", "max_layer_pct", "include_output")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,14 +30,15 @@ def cached_model(app) -> torch.nn.Module:
     from dashboard import cache
 
     state = app.session_state
-    return cache.load_model(state["source"], state["device"], state["upload_state"]).model
+    workspace = state["workspace"]
+    return cache.load_model(workspace.source, state["device"], workspace.upload_state).model
 
 
 def snapshot(app) -> tuple[object, dict, dict[str, torch.Tensor]]:
     """The session's model source, plan values and model weights (copied)."""
     state = app.session_state
-    plan = {key: state[key] if key != "overrides" else dict(state[key]) for key in PLAN_KEYS}
-    return state["source"], plan, {name: tensor.clone() for name, tensor in cached_model(app).state_dict().items()}
+    plan = {**{key: state[key] for key in PLAN_KEYS}, "overrides": state["workspace"].overrides}
+    return state["workspace"].source, plan, {name: tensor.clone() for name, tensor in cached_model(app).state_dict().items()}
 
 
 def assert_unchanged(app, before: tuple[object, dict, dict[str, torch.Tensor]]) -> None:
@@ -59,10 +60,10 @@ def labels(app) -> list[str]:
 def planned_export(new_app):
     """The Export page after a plan that differs from the defaults in every part."""
     app = new_app("pages/sparsity.py")
-    app.slider(key="sparsity_pct_widget").set_value(55).run()
+    app.slider(key="sparsity_pct").set_value(55).run()
     app.radio(key="mode").set_value("global").run()
-    app.radio(key="metric_widget").set_value("l1").run()
-    app.session_state["overrides"] = {"conv1": 0.25}
+    app.radio(key="metric").set_value("l1").run()
+    app.session_state["workspace"] = app.session_state["workspace"].with_overrides({"conv1": 0.25})
     app.switch_page(EXPORT).run()
     assert not app.exception, app.exception
     assert not app.error, errors(app)

@@ -67,7 +67,7 @@ def test_start_shows_progress_and_a_live_chart_then_the_sessions_model(new_app):
     for name, keep in kept.result.masks.items():
         assert bool(modules[name].weight.detach()[~keep].eq(0).all())
     # The cached model the session works on is untouched.
-    source, device = app.session_state["source"], app.session_state["device"]
+    source, device = app.session_state["workspace"].source, app.session_state["device"]
     from dashboard import cache
 
     assert fpgm_core.model_fingerprint(cache.load_model(source, device).model) == cached
@@ -77,7 +77,7 @@ def test_stopping_midway_keeps_the_model_the_plan_and_the_earlier_result(new_app
     app = new_app(FINETUNE)
     fine_tuned(app, epochs=1)
     earlier = app.session_state["finetuned"]
-    plan_before = (app.session_state["sparsity_pct"], dict(app.session_state["overrides"]), app.session_state["source"])
+    plan_before = (app.session_state["sparsity_pct"], app.session_state["workspace"].overrides, app.session_state["workspace"].source)
     app.number_input(key="ft_epochs").set_value(100).run()
     app.button(key="ft_start").click().run()
     job = running_jobs(app)[0]
@@ -90,7 +90,7 @@ def test_stopping_midway_keeps_the_model_the_plan_and_the_earlier_result(new_app
     assert job.state == "stopped"
     assert any(info.value.startswith("Stopped after") for info in app.info)
     assert app.session_state["finetuned"] is earlier
-    assert (app.session_state["sparsity_pct"], dict(app.session_state["overrides"]), app.session_state["source"]) == plan_before
+    assert (app.session_state["sparsity_pct"], app.session_state["workspace"].overrides, app.session_state["workspace"].source) == plan_before
     assert "Held-out top-1, fine-tuned" in metrics(app)  # the earlier result is still shown
 
 

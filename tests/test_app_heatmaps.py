@@ -84,7 +84,7 @@ def test_order_toggle_shows_filters_by_index(new_app):
 
 def test_slider_on_the_page_changes_the_marked_filters(new_app):
     app = new_app()
-    app.slider(key="sparsity_pct_widget").set_value(50).run()
+    app.slider(key="sparsity_pct").set_value(50).run()
     _, _, pruned = heat_parts(charts(app)["heatmap"])
     assert int(pruned.sum()) == 8
     scores = charts(app)["scores"]
@@ -95,7 +95,7 @@ def test_slider_on_the_page_changes_the_marked_filters(new_app):
 @pytest.mark.parametrize("metric", ["l1", "cosine"])
 def test_switching_metric_recomputes_distances_for_that_metric(new_app, metric):
     app = new_app()
-    app.radio(key="metric_widget").set_value(metric).run()
+    app.radio(key="metric").set_value(metric).run()
     spec = charts(app)["heatmap"]
     assert spec["layout"]["meta"]["metric"] == metric
     labels, matrix, _ = heat_parts(spec)
@@ -184,10 +184,10 @@ def test_moving_sliders_never_recomputes_distances(new_app, monkeypatch):
     monkeypatch.setattr(fpgm_core.plan, "fpgm_scores", counted_scores)
     monkeypatch.setattr(fpgm_core, "distance_matrix", counted_matrix)
     for value in (10, 55, 80):
-        app.slider(key="sparsity_pct_widget").set_value(value).run()
+        app.slider(key="sparsity_pct").set_value(value).run()
     app.radio(key="mode").set_value("global").run()
-    app.slider(key="sparsity_pct_widget").set_value(40).run()
+    app.slider(key="sparsity_pct").set_value(40).run()
     app.switch_page(HEATMAPS).run()
-    app.slider(key="sparsity_pct_widget").set_value(20).run()
+    app.slider(key="sparsity_pct").set_value(20).run()
     assert not app.exception
     assert calls == {"scores": 0, "matrix": 0}

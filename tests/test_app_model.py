@@ -12,6 +12,7 @@ import torch
 import fpgm_core
 from dashboard import pretrained
 from dashboard.sources import DEFAULT_SOURCE, ModelSource, default_source
+from dashboard.state import Workspace
 
 MODEL_PAGE = "pages/model.py"
 
@@ -22,7 +23,7 @@ def metric_values(app) -> dict[str, str]:
 
 def test_default_model_loads_with_its_summary(new_app):
     app = new_app(MODEL_PAGE)
-    assert app.session_state["source"] == default_source()
+    assert app.session_state["workspace"].source == default_source()
     metrics = metric_values(app)
     model = fpgm_core.build_model(DEFAULT_SOURCE.arch, DEFAULT_SOURCE.weights).model
     layers = fpgm_core.prunable_layers(model)
@@ -52,7 +53,7 @@ def test_torchvision_architecture_with_random_weights(new_app):
     app.radio(key="tv_weights").set_value("none").run()
     app.button[0].click().run()
     assert not app.exception, app.exception
-    assert app.session_state["source"] == ModelSource("torchvision", "resnet18", "none")
+    assert app.session_state["workspace"].source == ModelSource("torchvision", "resnet18", "none")
     assert app.success[0].value.startswith("Loaded resnet18")
     assert metric_values(app)["Prunable layers"] == "21"
     assert [header.value for header in app.subheader][-1] == "resnet18 · random init"
@@ -72,7 +73,7 @@ def test_pretrained_download_failure_falls_back_to_random_with_a_notice(new_app,
     assert any("will be downloaded" in caption.value for caption in app.caption)
     app.button[0].click().run()
     assert not app.exception, app.exception
-    assert app.session_state["source"] == ModelSource("torchvision", "resnet18", "none")
+    assert app.session_state["workspace"].source == ModelSource("torchvision", "resnet18", "none")
     notices = " ".join(warning.value for warning in app.warning)
     assert "could not download pretrained weights for resnet18" in notices
     assert "random initialisation" in notices
@@ -113,7 +114,7 @@ def test_download_pretrained_streams_with_progress_and_checks_the_hash(monkeypat
 def test_sessions_do_not_share_state(new_app):
     first = new_app("pages/sparsity.py")
     second = new_app("pages/sparsity.py")
-    first.slider(key="sparsity_pct_widget").set_value(70).run()
+    first.slider(key="sparsity_pct").set_value(70).run()
     second.run()
     assert first.session_state["sparsity_pct"] == 70
     assert second.session_state["sparsity_pct"] == 30
@@ -122,8 +123,8 @@ def test_sessions_do_not_share_state(new_app):
 
 def test_a_model_that_cannot_be_rebuilt_shows_an_error_not_a_traceback(new_app):
     app = new_app()
-    app.session_state["source"] = ModelSource("upload", "demo", "gone.pt", "0" * 64, "state_dict")
-    app.session_state["upload_state"] = None  # e.g. the upload is no longer in this session
+    # An upload whose weights are no longer in this session.
+    app.session_state["workspace"] = Workspace(ModelSource("upload", "demo", "gone.pt", "0" * 64, "state_dict"))
     for page in ("pages/heatmaps.py", MODEL_PAGE, "pages/sparsity.py", "pages/export.py"):
         app.switch_page(page).run()
         assert not app.exception, page

@@ -24,6 +24,7 @@ from torch import nn
 import factory_models
 import fpgm_core
 from dashboard.sources import FACTORIES_ENV, ModelSource
+from dashboard.state import Workspace
 from test_app_export import content, downloads  # noqa: F401 (a fixture)
 
 MODEL_PAGE, EXPORT = "pages/model.py", "pages/export.py"
@@ -67,7 +68,7 @@ def test_timm_architecture_random_init_through_every_page(new_app):
     box.set_value(TIMM_NAME)
     app.radio(key="timm_weights").set_value("none").run()
     press(app, f"Load timm:{TIMM_NAME}")
-    assert app.session_state["source"] == ModelSource("timm", f"timm:{TIMM_NAME}", "none")
+    assert app.session_state["workspace"].source == ModelSource("timm", f"timm:{TIMM_NAME}", "none")
     expected = fpgm_core.prunable_layers(fpgm_core.build_model(f"timm:{TIMM_NAME}", "none").model)
     assert {m.label: m.value for m in app.metric}["Prunable layers"] == str(len(expected))
     for page in ("pages/heatmaps.py", "pages/sparsity.py", EXPORT):
@@ -91,7 +92,7 @@ def test_timm_pretrained_unreachable_falls_back_to_random_with_the_reason(new_ap
     app.selectbox(key="timm_arch").set_value(TIMM_NAME).run()
     assert any("will be downloaded" in c.value for c in app.caption)
     press(app, f"Load timm:{TIMM_NAME}")
-    assert app.session_state["source"] == ModelSource("timm", f"timm:{TIMM_NAME}", "none")
+    assert app.session_state["workspace"].source == ModelSource("timm", f"timm:{TIMM_NAME}", "none")
     warnings_shown = " ".join(w.value for w in app.warning)
     assert "cannot be reached" in warnings_shown and "random initialisation" in warnings_shown
 
@@ -116,10 +117,10 @@ def test_timm_pretrained_from_the_cache(new_app, tmp_path, monkeypatch):
     app.selectbox(key="timm_arch").set_value(TIMM_NAME).run()
     assert any("In the local Hugging Face cache." in c.value for c in app.caption)
     press(app, f"Load timm:{TIMM_NAME}")
-    assert app.session_state["source"] == ModelSource("timm", f"timm:{TIMM_NAME}", "default")
+    assert app.session_state["workspace"].source == ModelSource("timm", f"timm:{TIMM_NAME}", "default")
     from dashboard import cache
 
-    loaded = cache.load_model(app.session_state["source"], "cpu")
+    loaded = cache.load_model(app.session_state["workspace"].source, "cpu")
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
 
 
@@ -160,13 +161,13 @@ def _zeros_in_onnxruntime(graph: bytes, masks: dict[str, torch.Tensor], layer_ou
 def test_onnx_upload_converts_and_exports_its_masked_graph(new_app, downloads, tmp_path):  # noqa: F811
     data = export_onnx(_small_net(), (1, 3, 16, 16), dynamo=False, do_constant_folding=False)
     app = upload_onnx(new_app(MODEL_PAGE), "small.onnx", data)
-    source = app.session_state["source"]
+    source = app.session_state["workspace"].source
     assert (source.kind, source.arch, source.digest) == ("onnx", "small.onnx", hashlib.sha256(data).hexdigest())
     assert any("converted to PyTorch by onnx2torch" in info.value for info in app.info)
     assert not app.warning and not errors(app)
     assert {m.label: m.value for m in app.metric}["Prunable layers"] == "3"
     app.switch_page("pages/sparsity.py").run()
-    app.slider(key="sparsity_pct_widget").set_value(50).run()
+    app.slider(key="sparsity_pct").set_value(50).run()
     app.switch_page(EXPORT).run()
     assert not app.exception and not errors(app)
     labels = [button.label for button in app.download_button]
@@ -201,7 +202,7 @@ def test_an_onnx_graph_that_does_not_convert_names_the_op_and_keeps_the_masked_e
                         nn.Linear(8, 3))
     data = export_onnx(net, (1, 3, 16, 16), dynamo=True, optimize=False)
     app = upload_onnx(new_app(MODEL_PAGE), "gelu.onnx", data)
-    assert app.session_state["source"].kind == "onnx" and not errors(app)
+    assert app.session_state["workspace"].source.kind == "onnx" and not errors(app)
     assert any("no converter for Gelu (opset 20)" in w.value for w in app.warning)
     app.switch_page("pages/heatmaps.py").run()
     assert not app.exception and not errors(app)
@@ -211,7 +212,7 @@ def test_an_onnx_graph_that_does_not_convert_names_the_op_and_keeps_the_masked_e
     assert not any(button.label == "Slim the model" for button in app.button)
     from dashboard import cache
 
-    loaded = cache.load_model(app.session_state["source"], "cpu", data)
+    loaded = cache.load_model(app.session_state["workspace"].source, "cpu", data)
     masks = load_safetensors(content(downloads, "gelu-fpgm.masks.safetensors"))
     _zeros_in_onnxruntime(content(downloads, "gelu-fpgm.onnx"), masks, loaded.onnx.layer_outputs)
 
@@ -237,12 +238,12 @@ def test_hostile_and_broken_onnx_uploads_leave_the_model_as_it_was(new_app, tmp_
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     external = helper.make_model(graph).SerializeToString()
     app = new_app(MODEL_PAGE)
-    before = app.session_state["source"]
+    before = app.session_state["workspace"].source
     for name, data, message in (("external.onnx", external, "a path, not a file uploaded with it"),
                                 ("truncated.onnx", export_onnx(_small_net(), (1, 3, 16, 16), dynamo=False)[:500], "not an ONNX model"),
                                 ("notes.onnx", b"just some text\n" * 10, "not an ONNX model")):
         upload_onnx(app, name, data)
-        assert app.session_state["source"] == before
+        assert app.session_state["workspace"].source == before
         assert any(message in error for error in errors(app)), (name, errors(app))
 
 
@@ -260,11 +261,11 @@ def test_a_dynamo_export_uploads_with_its_external_data_file(new_app, tmp_path):
     assert load.disabled and any("Still needed: net.onnx.data" in c.value for c in app.caption)
     app.file_uploader(key="onnx_data_files").upload("net.onnx.data", (tmp_path / "net.onnx.data").read_bytes()).run()
     press(app, "Load the ONNX model")
-    assert app.session_state["source"].kind == "onnx" and not errors(app)
+    assert app.session_state["workspace"].source.kind == "onnx" and not errors(app)
     assert {m.label: m.value for m in app.metric}["Prunable layers"] == "3"
     from dashboard import cache
 
-    loaded = cache.load_model(app.session_state["source"], "cpu", app.session_state["upload_state"])
+    loaded = cache.load_model(app.session_state["workspace"].source, "cpu", app.session_state["workspace"].upload_state)
     expected = fpgm_core.layer_scores(_small_net(), "l2")
     for ours, theirs in zip(fpgm_core.layer_scores(loaded.model, "l2").values(), expected.values()):
         assert torch.allclose(ours, theirs, rtol=1e-6)
@@ -282,7 +283,7 @@ def test_factories_appear_only_when_the_server_names_them(new_app, monkeypatch):
     app.radio(key="source_kind").set_value("factory").run()
     assert app.selectbox(key="factory_spec").options == ["factory_models:small_net", "factory_models:no_shape"]
     press(app, "Load factory_models:small_net")
-    assert app.session_state["source"] == ModelSource("factory", "factory_models:small_net", "default")
+    assert app.session_state["workspace"].source == ModelSource("factory", "factory_models:small_net", "default")
     assert [header.value for header in app.subheader][-1] == "factory_models:small_net · your code"
     assert any("Input `1×3×16×16`" in c.value for c in app.caption)
     # A model that declares no shape gets one typed on the page.
@@ -291,7 +292,7 @@ def test_factories_appear_only_when_the_server_names_them(new_app, monkeypatch):
     assert any("declares no input shape" in error for error in errors(app))
     app.text_input(key="factory_shape").input("1,3,12,12").run()
     press(app, "Load factory_models:no_shape")
-    assert app.session_state["source"].input_shape == (1, 3, 12, 12) and not errors(app)
+    assert app.session_state["workspace"].source.input_shape == (1, 3, 12, 12) and not errors(app)
     app.switch_page(EXPORT).run()
     assert not app.exception and not errors(app)
     assert "--input-shape 1,3,12,12" in app.code[-1].value and "from factory_models import no_shape" in app.code[0].value
@@ -305,11 +306,11 @@ def test_weights_upload_into_a_factory_architecture(new_app, monkeypatch):
     app.file_uploader(key="upload_file").upload("mine.safetensors", save_safetensors(state))
     app.selectbox(key="upload_arch").set_value("factory_models:small_net").run()
     press(app, "Load the uploaded weights")
-    source = app.session_state["source"]
+    source = app.session_state["workspace"].source
     assert (source.kind, source.arch) == ("upload", "factory_models:small_net") and not errors(app)
     from dashboard import cache
 
-    loaded = cache.load_model(source, "cpu", app.session_state["upload_state"])
+    loaded = cache.load_model(source, "cpu", app.session_state["workspace"].upload_state)
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
 
 
@@ -318,11 +319,10 @@ def test_a_session_cannot_run_a_factory_the_server_was_not_started_with(new_app,
     monkeypatch.setenv(FACTORIES_ENV, "factory_models:small_net")
     app = new_app(MODEL_PAGE)
     calls = len(factory_models.CALLS)
-    app.session_state["source"] = ModelSource("factory", "factory_models:raises", "default")
+    app.session_state["workspace"] = Workspace(ModelSource("factory", "factory_models:raises", "default"))
     app.run()
     assert any("not one of this server's model factories" in error for error in errors(app))
-    app.session_state["source"] = ModelSource("upload", "factory_models:raises", "w.pt", "x", "state_dict")
-    app.session_state["upload_state"] = {}
+    app.session_state["workspace"] = Workspace(ModelSource("upload", "factory_models:raises", "w.pt", "x", "state_dict"), {})
     app.run()
     assert any("not one of this server's model factories" in error for error in errors(app))
     assert len(factory_models.CALLS) == calls  # the callable never ran

@@ -60,11 +60,12 @@ def loaded_state(app) -> dict[str, torch.Tensor]:
     from dashboard import cache
 
     session = app.session_state
-    return cache.load_model(session["source"], session["device"], session["upload_state"]).model.state_dict()
+    workspace = session["workspace"]
+    return cache.load_model(workspace.source, session["device"], workspace.upload_state).model.state_dict()
 
 
 def assert_loaded(app, expected: dict[str, torch.Tensor], upload_format: str) -> None:
-    source = app.session_state["source"]
+    source = app.session_state["workspace"].source
     assert source.kind == "upload" and source.upload_format == upload_format, source
     assert not app.error, [error.value for error in app.error]
     state = loaded_state(app)
@@ -73,7 +74,7 @@ def assert_loaded(app, expected: dict[str, torch.Tensor], upload_format: str) ->
 
 
 def assert_refused(app, *phrases: str) -> None:
-    assert app.session_state["source"].kind != "upload"
+    assert app.session_state["workspace"].source.kind != "upload"
     message = " ".join(error.value for error in app.error)
     for phrase in phrases:
         assert phrase in message, message
@@ -205,10 +206,10 @@ def test_non_model_files_get_a_plain_message(new_app):
 def test_upload_source_identity_is_the_content_digest(new_app):
     weights = demo_weights()
     app = upload(new_app(MODEL_PAGE), "digits.pt", torch_bytes(weights))
-    first: ModelSource = app.session_state["source"]
+    first: ModelSource = app.session_state["workspace"].source
     weights["conv1.weight"][0, 0, 0, 0] += 1
     app = upload(app, "digits.pt", torch_bytes(weights))
-    second: ModelSource = app.session_state["source"]
+    second: ModelSource = app.session_state["workspace"].source
     assert first.weights == second.weights and first.digest != second.digest
 
 
@@ -243,9 +244,9 @@ def test_broken_upload_leaves_the_session_model_and_plan_untouched(new_app, case
     filename, data, phrase = _broken_uploads()[case]
     app = new_app(MODEL_PAGE)
     app.run()
-    source_before = app.session_state["source"]
+    source_before = app.session_state["workspace"].source
     plan_before = {key: app.session_state[key] for key in ("sparsity_pct", "metric", "mode") if key in app.session_state}
     app = upload(app, filename, data)
     assert_refused(app, phrase)
-    assert app.session_state["source"] == source_before
+    assert app.session_state["workspace"].source == source_before
     assert {key: app.session_state[key] for key in plan_before} == plan_before

@@ -13,9 +13,17 @@ def test_counts_match_torch_flop_counter_and_parameters():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, 64, 64))
     assert count_flops(model, (1, 3, 64, 64)) == counter.get_total_flops()
-    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    # torchvision documents 11,689,512 parameters for resnet18 (its weights' "num_params").
+    assert count_parameters(model) == 11_689_512
     total, per_module = layer_flops(model, (1, 3, 64, 64))
     assert per_module["conv1"] > 0 and per_module["fc"] == 2 * 512 * 1000
+
+
+def test_shared_parameters_are_counted_once_and_buffers_not_at_all():
+    conv = nn.Conv2d(3, 8, 3)  # 8·3·3·3 + 8 = 224
+    tied = nn.Sequential(conv, nn.BatchNorm2d(8), conv.__class__(8, 8, 1))  # BN 16 (+ 3 buffers), 1×1 conv 72
+    tied.append(tied[0])  # the same conv again: no new parameters
+    assert count_parameters(tied) == 224 + 16 + 72
 
 
 def test_chain_estimate_equals_the_physically_smaller_model():

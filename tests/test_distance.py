@@ -1,5 +1,9 @@
 """fpgm_core.distance: scores and matrices against the reference and against direct computation."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -162,8 +166,26 @@ def test_pooled_matrix_is_the_block_mean_of_the_full_matrix(metric, n, size, mon
             torch.testing.assert_close(pooled[a, b], expected.double())
 
 
+POOLED_PEAK = """
+import resource, sys, torch
+from fpgm_core import distance
+torch.set_num_threads(1)
+weight = torch.randn(16384, 64, generator=torch.Generator().manual_seed(0))
+distance.pooled_distance_matrix(weight[:1024], "l2", size=512, device="cpu")  # warm up the code paths
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pooled, group = distance.pooled_distance_matrix(weight, "l2", size=512, device="cpu")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert pooled.shape == (512, 512) and group == 32 and torch.equal(pooled, pooled.T)
+print((after - before) / 1024)  # ru_maxrss is in KiB on Linux: MB above the high-water mark so far
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
 def test_pooled_view_of_a_16384_filter_layer_stays_small():
-    weight = torch.randn(16384, 64, generator=torch.Generator().manual_seed(0))
-    pooled, group = distance.pooled_distance_matrix(weight, "l2", size=512, device="cpu")
-    assert pooled.shape == (512, 512) and group == 32
-    assert torch.equal(pooled, pooled.T)
+    # Measured in a fresh process: the growth of its peak resident memory during the call. The
+    # full 16384² matrix would need 1 GiB in float32 (2 GiB in float64).
+    result = subprocess.run([sys.executable, "-c", POOLED_PEAK], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    peak_mb = float(result.stdout.strip().splitlines()[-1])
+    assert peak_mb < 128, f"the pooled view raised peak memory by {peak_mb:.0f} MB"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def idle(page) -> None:
 def go(page, title: str) -> None:
     """Open a page through the sidebar, in the same session, and check that it drew without errors."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
-    page.wait_for_url(re.compile(URL_PATHS.get(title, title.lower()) if title != "Heatmaps" else ".*"))
+    page.wait_for_url(re.compile(URL_PATHS.get(title, title.lower())))
     idle(page)
     page.get_by_role("heading", name=HEADINGS[title], exact=True, level=1).wait_for()
     assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
@@ -60,6 +61,11 @@ def heatmap_shown(page, layer: str) -> None:
 
 def metric(page, label: str) -> str:
     return page.locator('[data-testid="stMetric"]', has_text=label).locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def plan_line(page) -> str:
+    """The sidebar's "Plan: …" line: the plan the server holds, which every export uses."""
+    return page.locator('[data-testid="stSidebar"]').get_by_text(re.compile(r"^Plan: ")).inner_text()
 
 
 def shoot(page, name: str) -> None:
@@ -164,6 +170,42 @@ def test_a_session_from_heatmap_to_download(page, tmp_path):
     shoot(page, "explainer")
 
 
+def test_the_export_follows_a_slider_pressed_just_before_leaving_the_page(browser, slowed_dashboard, tmp_path):
+    """Press the slider, then open Export while the press's rerun is still running: the export, the
+    sidebar and the downloaded recipe must have the slider's value.
+
+    This is how "slider 25 %, exported recipe 24 %" happened under load. Before the state model
+    kept one key per value, the slider's callback copied its value to the plan; the click stopped
+    that callback's run midway, the Export run that followed carried the same slider value, so
+    the callback never ran again and Export used the old plan (5 of 5 tries on the old code). The
+    server here slows callbacks down (``tests/slowed_streamlit.py``) so that the click lands inside
+    one on any machine; the slider itself has no callback now.
+    """
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(slowed_dashboard.url)
+        idle(tab)
+        for attempt in range(3):
+            go(tab, "Sparsity")
+            slider = tab.locator('[data-testid="stSlider"]', has_text="Global sparsity").get_by_role("slider")
+            slider.press("ArrowRight")
+            value = slider.input_value()
+            tab.wait_for_timeout(150)  # the press's run is under way
+            go(tab, "Export")
+            shown = tab.get_by_text(re.compile(r"· plan \d+%")).first.inner_text()
+            assert f"plan {value}%" in shown, f"try {attempt}: the slider showed {value}%, Export says {shown!r}"
+            assert plan_line(tab).startswith(f"Plan: {value}%")
+        with tab.expect_download() as download:
+            tab.get_by_role("button", name="demo-fpgm.recipe.json", exact=True).click()
+        recipe = tmp_path / "recipe.json"
+        download.value.save_as(recipe)
+        assert fpgm_core.read_recipe(recipe)["global_sparsity"] == pytest.approx(int(value) / 100)
+    finally:
+        context.close()
+
+
 def test_a_deep_link_on_a_fresh_server_opens_that_page(browser, fresh_streamlit_server):
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     try:
@@ -172,7 +214,7 @@ def test_a_deep_link_on_a_fresh_server_opens_that_page(browser, fresh_streamlit_
         tab.goto(f"{fresh_streamlit_server}/sparsity")
         idle(tab)
         tab.get_by_role("heading", name="Sparsity", exact=True, level=1).wait_for()
-        assert tab.url.endswith("/sparsity")
+        assert urlparse(tab.url).path == "/sparsity"
         assert tab.get_by_text("Working on").is_visible()  # the entry script ran: sidebar and state exist
         assert tab.locator('[data-testid="stException"]').count() == 0
         assert metric(tab, "Filters pruned").startswith("45 of")
