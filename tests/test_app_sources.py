@@ -25,7 +25,7 @@ import factory_models
 import fpgm_core
 from dashboard.sources import FACTORIES_ENV, ModelSource
 from dashboard.state import Workspace
-from test_app_export import content, downloads  # noqa: F401 (a fixture)
+from test_app_export import content
 
 MODEL_PAGE, EXPORT = "pages/model.py", "pages/export.py"
 TIMM_NAME = "mobilenetv3_small_050"
@@ -158,7 +158,7 @@ def _zeros_in_onnxruntime(graph: bytes, masks: dict[str, torch.Tensor], layer_ou
         assert pruned.any() and np.all(channels[pruned] == 0), name
 
 
-def test_onnx_upload_converts_and_exports_its_masked_graph(new_app, downloads, tmp_path):  # noqa: F811
+def test_onnx_upload_converts_and_exports_its_masked_graph(new_app, downloads, tmp_path):
     data = export_onnx(_small_net(), (1, 3, 16, 16), dynamo=False, do_constant_folding=False)
     app = upload_onnx(new_app(MODEL_PAGE), "small.onnx", data)
     source = app.session_state["workspace"].source
@@ -196,7 +196,7 @@ def test_onnx_upload_converts_and_exports_its_masked_graph(new_app, downloads, t
     assert not app.exception and not errors(app)
 
 
-def test_an_onnx_graph_that_does_not_convert_names_the_op_and_keeps_the_masked_export(new_app, downloads):  # noqa: F811
+def test_an_onnx_graph_that_does_not_convert_names_the_op_and_keeps_the_masked_export(new_app, downloads):
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 3))
@@ -210,6 +210,11 @@ def test_an_onnx_graph_that_does_not_convert_names_the_op_and_keeps_the_masked_e
     assert not app.exception and not errors(app)
     assert any("Slimming needs the graph in PyTorch" in info.value and "Gelu" in info.value for info in app.info)
     assert not any(button.label == "Slim the model" for button in app.button)
+    # Fine-tuning needs gradients through PyTorch layers, which the onnxruntime view has not.
+    app.switch_page("pages/finetune.py").run()
+    assert not app.exception and not errors(app)
+    assert any("Fine-tuning needs the graph in PyTorch" in w.value and "Gelu" in w.value for w in app.warning)
+    assert not any(button.label == "Start fine-tuning" for button in app.button)
     from dashboard import cache
 
     loaded = cache.load_model(app.session_state["workspace"].source, "cpu", data)

@@ -227,3 +227,40 @@ def test_evaluate_an_onnx_graph_as_its_own_pytorch_model(small_onnx, tmp_path, c
     for key in ("top1", "agreement", "baseline_top1", "pruned_filters"):
         assert onnx_result[key] == torch_result[key], key
     assert onnx_result["kl"] == pytest.approx(torch_result["kl"], abs=1e-6)
+
+
+def _class_zip(path: Path, classes, count: int = 6, size: int = 20) -> Path:
+    """Random RGB images in one folder per class name."""
+    rng = np.random.default_rng(1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in classes:
+            for index in range(count):
+                image = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(image, "PNG")
+                zf.writestr(f"{name}/{index}.png", image.getvalue())
+    return path
+
+
+def test_finetune_your_own_model_and_an_onnx_graph_on_a_zip(small_onnx, gelu_onnx, tmp_path, capsys):
+    # Class folders named by the model's own categories, images at another size: the fine-tune
+    # reads them with the model's input shape and class names, as evaluate does.
+    data = _class_zip(tmp_path / "pets.zip", factory_models.SmallNet.categories)
+    for arch, weights, stem in (("factory_models:small_net", ["--weights", "default"], "mine"), (small_onnx, [], "graph")):
+        out = tmp_path / f"{stem}.safetensors"
+        code, stdout, err = run_cli(["finetune", "--arch", arch, *weights, "--sparsity", "0.5", "--data", data, "--epochs", "1",
+                                     "--threads", "1", "--out", out, "--json", "--quiet"], capsys)
+        assert code == 0, err
+        summary = json.loads(stdout)
+        assert summary["pruned_filters"] == 6 + 8 and summary["data"]["train"] + summary["data"]["val"] == 24
+        masks = load_file(str(tmp_path / f"{stem}.masks.safetensors"))
+        state = load_file(str(out))
+        if stem == "mine":
+            model = factory_models.SmallNet()
+            model.load_state_dict(state, strict=True)
+            assert bool(model.features[0].weight.detach()[~masks["features.0"]].eq(0).all())
+        else:  # the converted graph's own module names, as the plan reads them
+            assert all(bool(state[f"{name}.weight"][~keep].eq(0).all()) for name, keep in masks.items())
+    code, _, err = run_cli(["finetune", "--arch", gelu_onnx, "--sparsity", "0.5", "--data", data, "--epochs", "1",
+                            "--out", tmp_path / "no.safetensors"], capsys)
+    assert code == 2 and "fine-tuning needs the graph in PyTorch" in err and "no converter for Gelu" in err
+    assert not list(tmp_path.glob("no.*"))
