@@ -42,6 +42,9 @@ links.publish()
 with st.sidebar:
     st.caption("Working on")
     st.markdown(f"**{workspace().source.label()}**  \non `{st.session_state.device}`")
+    caveat = links.not_carried(workspace().source)
+    if caveat:
+        st.caption(caveat)
     st.caption(f"Plan: {plan_description(current_plan())}")
     st.caption("Filter Pruning via Geometric Median (He et al., CVPR 2019): filters nearest the layer's geometric median are the most replaceable.")
 

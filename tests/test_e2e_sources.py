@@ -81,6 +81,10 @@ def test_upload_an_onnx_file_and_download_its_masked_graph(page, tmp_path):
     assert page.locator('[data-testid="stSidebar"]').get_by_text("small.onnx · uploaded ONNX graph").is_visible()
     assert page.get_by_text("converted to PyTorch by onnx2torch").is_visible()
     assert metric(page, "Prunable layers") == "3"
+    # The page's link carries the view, not the upload (nor its file name), and the sidebar says so.
+    page.wait_for_url(lambda url: "model=onnx" in url)
+    assert "small" not in page.url and "layer=" not in page.url
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("Its link carries the view but not an uploaded ONNX model.").is_visible()
     shoot(page, "model-onnx")
 
     go(page, "Export")
@@ -115,7 +119,7 @@ def test_upload_an_onnx_file_and_download_its_masked_graph(page, tmp_path):
         assert np.all(values[name][:, pruned] == 0) and np.any(values[name][:, ~pruned] != 0), name
 
 
-def test_the_factory_the_server_was_started_with_is_offered_and_loads(page):
+def test_the_factory_the_server_was_started_with_is_offered_and_loads(page, browser):
     page.get_by_text("Your code", exact=True).click()
     idle(page)
     load = page.get_by_role("button", name=f"Load {FACTORY}")
@@ -125,3 +129,18 @@ def test_the_factory_the_server_was_started_with_is_offered_and_loads(page):
     assert page.locator('[data-testid="stSidebar"]').get_by_text(f"{FACTORY} · your code").is_visible()
     assert metric(page, "Prunable layers") == "3"
     assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
+
+    # Its link names no code, not even this server's own factory: opened fresh, it says what to choose.
+    page.wait_for_url(lambda url: "model=factory" in url)
+    assert "factory_models" not in page.url and "small_net" not in page.url
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    try:
+        fresh = context.new_page()
+        fresh.set_default_timeout(TIMEOUT_MS)
+        fresh.goto(page.url)
+        idle(fresh)
+        notice = fresh.locator('[data-testid="stAlertContentWarning"]').inner_text()
+        assert "made with a model built by the server's own code, which a link cannot carry" in notice
+        assert fresh.locator('[data-testid="stSidebar"]').get_by_text("demo digits CNN · bundled weights").is_visible()
+    finally:
+        context.close()
