@@ -80,6 +80,7 @@ DEFAULTS: dict[str, object] = {
     "heat_layer": None,
     "tv_arch": "resnet18",
     "tv_weights": "default",
+    "timm_arch": "resnet50",  # in every timm release's list
 }
 
 WORKSPACE = "workspace"  # the session key of the Workspace

@@ -65,7 +65,7 @@ def _choose() -> None:
     elif kind == "timm":
         names = _timm_architectures()
         arch = st.selectbox(f"timm architecture ({len(names):,}; type to search)", names, key="timm_arch",
-                            persist_state="session", index=names.index("resnet50") if "resnet50" in names else 0)
+                            persist_state="session")
         _choose_pretrained("timm", f"timm:{arch}", timm_pretrained_available, download_timm_pretrained, "Hugging Face")
     elif kind == "factory":
         _choose_factory(factories)
