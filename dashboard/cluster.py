@@ -21,7 +21,10 @@ import streamlit as st
 
 from fpgm_core.execution import INLINE, Executor, ExecutorError, RayExecutor
 
-__all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_jobs_run"]
+__all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_jobs_run", "show_where_finetunes_run"]
+
+# What runs on the cluster when the server names one.
+CLUSTER_JOBS = "Sweeps (after fine-tuning too), sensitivity and suggestions"
 
 RAY_ADDRESS_SETTING = "FPGM_RAY_ADDRESS"
 RETRY_AFTER_S = 30.0
@@ -73,18 +76,38 @@ def job_executor() -> Executor:
         return executor
 
 
-def show_where_jobs_run() -> None:
-    """A caption saying the long jobs run on the cluster (or why they cannot); nothing without a cluster."""
+def _cluster_place() -> tuple[str | None, str | None]:
+    """(where the cluster's jobs run, None) or (None, why they cannot); (None, None) without a cluster."""
     address = _address()
     if address is None:
-        return
+        return None, None
     executor = job_executor()
     if isinstance(executor, _Unavailable):
-        st.error(f"Sweeps and sensitivity cannot run: {executor.reason}. Retried in {RETRY_AFTER_S:.0f} s.")
-        return
+        return None, f"{executor.reason}. Retried in {RETRY_AFTER_S:.0f} s."
     try:
-        where = executor.describe()
+        return f"{executor.describe()} at {address}", None
     except ExecutorError as exc:
-        st.error(f"Sweeps and sensitivity cannot run: {exc}")
+        return None, str(exc)
+
+
+def show_where_jobs_run() -> None:
+    """A caption saying the long jobs run on the cluster (or why they cannot); nothing without a cluster."""
+    where, problem = _cluster_place()
+    if problem is not None:
+        st.error(f"{CLUSTER_JOBS} cannot run: {problem}")
+    elif where is not None:
+        st.caption(f":material/hub: {CLUSTER_JOBS} run {where}.")
+
+
+def show_where_finetunes_run() -> None:
+    """On the Fine-tune page, with a cluster: the single fine-tune runs in the server, its sweeps on the cluster.
+
+    A single fine-tune streams every epoch to the page (the live chart) and its result is the
+    session's model, so it stays in the server process; nothing without a cluster.
+    """
+    where, problem = _cluster_place()
+    if where is None and problem is None:
         return
-    st.caption(f":material/hub: Sweeps, sensitivity and suggestions run {where} at {address}.")
+    cluster = f"run {where}" if problem is None else f"cannot run on the cluster now: {problem}"
+    st.caption(f":material/dns: This fine-tune runs on the server, not on the cluster. The Evaluate page's sweeps "
+               f"after fine-tuning (many fine-tunes at once) {cluster}")

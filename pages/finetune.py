@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import cache, finetuning, jobs
+from dashboard.cluster import show_where_finetunes_run
 from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import FpgmError, PlanError
 from fpgm_core.training import DEFAULT_VAL_FRACTION, FineTuneSettings
@@ -51,6 +52,7 @@ def page() -> None:
     busy = running is not None and running.running
     st.button("Start fine-tuning", key="ft_start", type="primary", on_click=jobs.request, args=(finetuning.JOB,),
               disabled=data is None or busy, icon=":material/play_arrow:")
+    show_where_finetunes_run()
     if busy:
         jobs.watch(running, live=_live)
     _outcome(active, plan)
