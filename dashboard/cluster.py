@@ -25,6 +25,7 @@ __all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_j
 
 # What runs on the cluster when the server names one.
 CLUSTER_JOBS = "Sweeps (after fine-tuning too), sensitivity and suggestions"
+CLUSTER_FINETUNES = "Fine-tunes"
 
 RAY_ADDRESS_SETTING = "FPGM_RAY_ADDRESS"
 RETRY_AFTER_S = 30.0
@@ -50,13 +51,16 @@ class _Unavailable(Executor):
     def run(self, task, shared, points, **_):
         raise ExecutorError(self.reason)
 
+    def stream(self, task, shared, point, **_):
+        raise ExecutorError(self.reason)
+
 
 def _address() -> str | None:
     return os.environ.get(RAY_ADDRESS_SETTING, "").strip() or None
 
 
 def job_executor() -> Executor:
-    """The executor for the Evaluate page's long jobs: in this process unless the server names a cluster."""
+    """The executor for the long jobs (Evaluate's sweeps and sensitivity, fine-tunes): this process unless the server names a cluster."""
     address = _address()
     if address is None:
         return INLINE
@@ -100,14 +104,9 @@ def show_where_jobs_run() -> None:
 
 
 def show_where_finetunes_run() -> None:
-    """On the Fine-tune page, with a cluster: the single fine-tune runs in the server, its sweeps on the cluster.
-
-    A single fine-tune streams every epoch to the page (the live chart) and its result is the
-    session's model, so it stays in the server process; nothing without a cluster.
-    """
+    """On the Fine-tune page, with a cluster: the fine-tune runs there (or why it cannot); nothing without one."""
     where, problem = _cluster_place()
-    if where is None and problem is None:
-        return
-    cluster = f"run {where}" if problem is None else f"cannot run on the cluster now: {problem}"
-    st.caption(f":material/dns: This fine-tune runs on the server, not on the cluster. The Evaluate page's sweeps "
-               f"after fine-tuning (many fine-tunes at once) {cluster}")
+    if problem is not None:
+        st.error(f"{CLUSTER_FINETUNES} cannot run: {problem}")
+    elif where is not None:
+        st.caption(f":material/hub: {CLUSTER_FINETUNES} run {where}, on a worker's CPU; every epoch is shown as it ends.")

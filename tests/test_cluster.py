@@ -35,11 +35,13 @@ os.environ.update(LOOPBACK_ONLY)
 
 from app_jobs import finish_jobs  # noqa: E402
 from cli_runner import run_cli  # noqa: E402
+import fpgm_core  # noqa: E402
 from fpgm_core import build_model  # noqa: E402
 from fpgm_core.evaluation import EvalData, EvaluationCancelled, demo_data, predict  # noqa: E402
 from fpgm_core.execution import INLINE, ExecutorError, RayExecutor  # noqa: E402
 from fpgm_core.sensitivity import layer_sensitivity, sparsity_sweep, suggest_plan  # noqa: E402
-from fpgm_core.training import FineTuneSettings, demo_training_data, finetuned_sweep  # noqa: E402
+from fpgm_core.plan import SparsityPlan  # noqa: E402
+from fpgm_core.training import FineTuneSettings, demo_training_data, fine_tune_on, finetuned_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -396,9 +398,63 @@ def test_the_after_fine_tuning_sweep_runs_on_the_cluster_the_server_names(cluste
         by_criterion.setdefault(point.criterion, []).append(point.top1)
     tuned = [float(cell.split()[0]) for cell in table["fine-tuned"]]
     assert tuned == [round(100 * sum(v) / len(v), 1) for v in by_criterion.values()]
-    # The Fine-tune page says its single fine-tune stays on the server, its sweeps go to the cluster.
+    # The Fine-tune page's fine-tune runs there too, its epochs streamed back to the live chart.
     app.switch_page("pages/finetune.py").run()
     assert not app.exception, app.exception
-    assert any("This fine-tune runs on the server" in caption.value and "(2 workers)" in caption.value
-               for caption in app.caption)
+    assert any("Fine-tunes run on the cluster (2 workers)" in caption.value for caption in app.caption)
+    app.number_input(key="ft_epochs").set_value(2).run()
+    app.button(key="ft_start").click().run()
+    finish_jobs(app)
+    kept = app.session_state["finetuned"]
+    assert kept.result.extra["ran_on"]["pid"] != os.getpid() and [r.epoch for r in kept.result.history] == [0, 1, 2]
+    assert executor.reports()[-1].points == 1 and os.getpid() not in _pids(executor.reports()[-1])
+    here = fine_tune_on(INLINE, demo_model(), kept.plan, demo_training_data(), kept.result.settings)
+    assert fpgm_core.model_fingerprint(kept.result.model) == fpgm_core.model_fingerprint(here.model)
+    assert any(metric.label == "Held-out top-1, fine-tuned" for metric in app.metric)
     executor.close()
+
+
+def demo_model():
+    return build_model("demo", "default").model
+
+
+def _records(records):
+    """Per-epoch metrics without their times (which differ from run to run)."""
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+
+def test_a_fine_tune_on_ray_streams_its_epochs_as_they_end_and_gives_the_in_process_weights(cluster, digits):
+    plan, settings = SparsityPlan(sparsity=0.5), FineTuneSettings(epochs=3)
+    here_records, there_records, running = [], [], []
+    here = fine_tune_on(INLINE, demo_model(), plan, digits, settings, progress=lambda e, m: here_records.append(m))
+
+    def progress(epoch, metrics):
+        there_records.append(metrics)
+        if epoch == 1:
+            running.append(cluster.head.running("_stream_point"))  # two epochs still to go
+
+    steps = []
+    there = fine_tune_on(cluster.executor, demo_model(), plan, digits, settings, progress=progress,
+                         batch_progress=lambda *step: steps.append(step))
+    assert running and running[0], "epoch 1 arrived only after the fine-tune had ended"
+    assert fpgm_core.model_fingerprint(there.model) == fpgm_core.model_fingerprint(here.model)
+    assert _records(there_records) == _records(here_records) and len(there_records) == 4
+    assert there.extra["ran_on"]["pid"] not in (os.getpid(),) and there.threads == here.threads
+    assert steps and steps[-1] == (3, 22, 22)  # thinned step reports, the last step of the last epoch among them
+    assert cluster.head.running("_stream_point") == []
+
+
+def test_a_stopped_fine_tune_on_ray_leaves_nothing_running(cluster, digits):
+    stop = False
+
+    def progress(epoch, metrics):
+        nonlocal stop
+        stop = stop or epoch == 1
+
+    started = time.monotonic()
+    with pytest.raises(EvaluationCancelled):
+        fine_tune_on(cluster.executor, demo_model(), SparsityPlan(sparsity=0.5), digits, FineTuneSettings(epochs=40),
+                     progress=progress, should_stop=lambda: stop)
+    assert stop and time.monotonic() - started < 60
+    assert cluster.head.running("_stream_point") == []  # at return, not eventually
+    assert cluster.idle()
