@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 
 import fpgm_core
 from app_jobs import finish_jobs, running_jobs
-from test_app_export import content, downloads  # noqa: F401 (downloads is a fixture)
+from test_app_export import content  # the downloads fixture is in conftest.py
 from fpgm_core.demo import digits_split
 
 FINETUNE, EXPORT, EVALUATE = "pages/finetune.py", "pages/export.py", "pages/evaluate.py"
