@@ -1,4 +1,4 @@
-"""Benchmark: what running sensitivity points elsewhere costs — worker processes and Ray against in-process.
+"""Benchmark: what running points elsewhere costs (sensitivity, fine-tune sweep) — worker processes and Ray against in-process.
 
     python bench/bench_cluster.py [--part overhead|resnet18|finetune|all] [--repeats 3] [--images 16]
                                   [--sparsities 0.3,0.6,0.9] [--json FILE]

@@ -204,6 +204,8 @@ def training_work(
         executor = job_executor()
         # The cluster's workers train on their CPUs (the server's GPU is not theirs).
         device = active.device if executor is INLINE else "cpu"
+        if executor is not INLINE:
+            job.report(0.0, f"Starting {executor.describe()}…")  # a worker's first start takes seconds
         # fine_tune trains copies: the cached model is never modified.
         return fine_tune_on(executor, model, plan, data, settings, scores=scores, device=device, progress=progress,
                             batch_progress=steps, should_stop=job.should_stop)

@@ -1,5 +1,7 @@
 """Fine-tune page: win back the accuracy pruning cost, training the pruned model with its pruned filters held at zero."""
 
+import os
+
 import streamlit as st
 
 from dashboard import cache, finetuning, jobs
@@ -182,7 +184,9 @@ def _result(active, kept) -> None:
                     config={"displaylogo": False})
     with st.expander("Per epoch"):
         st.dataframe(finetuning.history_table(records), width="stretch")
-    st.caption(f"{result.settings.epochs} epochs on {kept.data_source} · {result.seconds:.1f} s on {result.device}"
+    ran_on = result.extra.get("ran_on") or {}
+    elsewhere = f" of {ran_on['host']} (a cluster worker)" if ran_on and ran_on.get("pid") != os.getpid() else ""
+    st.caption(f"{result.settings.epochs} epochs on {kept.data_source} · {result.seconds:.1f} s on {result.device}{elsewhere}"
                f"{f' ({result.amp} mixed precision)' if result.amp else ''} · {result.threads} torch threads. Kept for this "
                "session until the model or the plan changes.")
     links = st.columns(3)
