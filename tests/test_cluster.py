@@ -458,3 +458,12 @@ def test_a_stopped_fine_tune_on_ray_leaves_nothing_running(cluster, digits):
     assert stop and time.monotonic() - started < 60
     assert cluster.head.running("_stream_point") == []  # at return, not eventually
     assert cluster.idle()
+
+
+def test_a_fine_tune_that_fails_on_a_worker_raises_its_own_error_here(cluster, digits):
+    from fpgm_core.training import FineTuneError
+
+    unlabelled = dataclasses.replace(digits, train_labels=None, val_labels=None)
+    with pytest.raises(FineTuneError, match="no labels"):
+        fine_tune_on(cluster.executor, demo_model(), SparsityPlan(sparsity=0.5), unlabelled, FineTuneSettings(epochs=1))
+    assert cluster.head.running("_stream_point") == []
