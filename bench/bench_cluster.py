@@ -1,6 +1,6 @@
-"""Benchmark: what running sensitivity points elsewhere costs — worker processes and Ray against in-process.
+"""Benchmark: what running points elsewhere costs (sensitivity, fine-tune sweep) — worker processes and Ray against in-process.
 
-    python bench/bench_cluster.py [--part overhead|resnet18|all] [--repeats 3] [--images 16]
+    python bench/bench_cluster.py [--part overhead|resnet18|finetune|all] [--repeats 3] [--images 16]
                                   [--sparsities 0.3,0.6,0.9] [--json FILE]
 
 overhead: the demo model's per-layer sensitivity (6 layers × 9 sparsities = 54 points on the
@@ -15,6 +15,11 @@ resnet18: a resnet18 (random init, seed 0) sensitivity on a zip of random 224-px
 bench writes (``--images``, ImageFolder layout, through the same zip loader and transforms as
 users' data), in this process and on Ray with 1 and 2 workers; and the cost model: resnet50 on
 5000 images against the number of workers, from the measured per-image time of one point.
+
+finetune: the demo's fine-tune sweep (2 criteria × 1 sparsity × 2 seeds = 4 points, 1 epoch each
+on the digits' 1,347 training images, 1 torch thread) in this process, on 1 local worker process
+and on a Ray started here with 1 worker: start, warm run beside an in-process run, overhead per
+point, and whether every point's fine-tuned weights equal the in-process ones (SHA-256).
 
 On 2 cores a speed-up is not expected (the workers share the cores the in-process run uses);
 the overhead is the figure. Ray here runs with token authentication (a token for this run only,
@@ -45,6 +50,7 @@ from fpgm_core import build_model, count_flops, prunable_layers  # noqa: E402
 from fpgm_core.evaluation import demo_data, image_transform, load_image_zip, model_categories, predict  # noqa: E402
 from fpgm_core.execution import INLINE, ProcessExecutor, RayExecutor, token_source  # noqa: E402
 from fpgm_core.sensitivity import LAYER_SPARSITIES, layer_sensitivity  # noqa: E402
+from fpgm_core.training import FineTuneSettings, demo_training_data, finetuned_sweep  # noqa: E402
 
 COST_MODEL_IMAGES = 5000
 COST_MODEL_WORKERS = (1, 2, 4, 8, 16, 32, 64)
@@ -194,9 +200,46 @@ def resnet18(images: int, sparsities: list[float]) -> dict:
             "cost_model": {"points": points_50, "per_point_s": per_point_50, "start_s": ray_start, "rows": model_rows}}
 
 
+def finetune(repeats: int) -> list[dict]:
+    torch.set_num_threads(1)
+    model = build_model("demo", "default").model
+    data = demo_training_data()
+
+    def sweep(executor):
+        points = finetuned_sweep(model, data, FineTuneSettings(epochs=1), sparsities=(0.5,), criteria=("fpgm-l2", "random"),
+                                 seeds=(0, 1), executor=executor)
+        return points
+
+    sweep(INLINE)  # warm-up
+    expected = [p.weights for p in sweep(INLINE)]
+    points = len(expected)
+    rows = []
+    for name, make in (("processes:1", lambda: ProcessExecutor(1, threads=1)), ("ray, 1 worker", lambda: RayExecutor(None, local_cpus=1))):
+        start_s, executor = _timed(make)
+        with executor:
+            first_s, result = _timed(lambda: sweep(executor))
+            same = [p.weights for p in result] == expected
+            inline_s, warm_s = [], []
+            for _ in range(repeats):
+                inline_s.append(_timed(lambda: sweep(INLINE))[0])
+                warm_s.append(_timed(lambda: sweep(executor))[0])
+        run, inline = statistics.median(warm_s), statistics.median(inline_s)
+        rows.append({"executor": name, "points": points, "start_s": start_s + first_s - run, "run_s": run, "inline_s": inline,
+                     "overhead_ms_per_point": 1000 * (run - inline) / points, "same_weights": same})
+    print(f"\ndemo fine-tune sweep: {points} points of 1 epoch on {data.n_train} digits, 1 torch thread; warm runs median of "
+          f"{repeats}, each beside an in-process run")
+    print(f"{'executor':16} {'start s':>8} {'run s':>7} {'in-proc s':>9} {'s/point':>8} {'overhead ms/point':>18} "
+          f"{'run / in-proc':>14} {'same weights':>13}")
+    for row in rows:
+        print(f"{row['executor']:16} {row['start_s']:8.1f} {row['run_s']:7.2f} {row['inline_s']:9.2f} "
+              f"{row['inline_s'] / points:8.2f} {row['overhead_ms_per_point']:18.1f} {row['run_s'] / row['inline_s']:13.2f}× "
+              f"{'yes' if row['same_weights'] else 'NO':>13}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("overhead", "resnet18", "all"), default="all")
+    parser.add_argument("--part", choices=("overhead", "resnet18", "finetune", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per executor (default 3)")
     parser.add_argument("--images", type=int, default=16, help="images in the resnet18 zip (default 16)")
     parser.add_argument("--sparsities", default="0.3,0.6,0.9", help="resnet18 part (default 0.3,0.6,0.9)")
@@ -212,6 +255,8 @@ def main() -> None:
         results["overhead"] = overhead(args.repeats)
     if args.part in ("resnet18", "all"):
         results["resnet18"] = resnet18(args.images, [float(s) for s in args.sparsities.split(",")])
+    if args.part in ("finetune", "all"):
+        results["finetune"] = finetune(args.repeats)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

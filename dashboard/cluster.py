@@ -21,7 +21,11 @@ import streamlit as st
 
 from fpgm_core.execution import INLINE, Executor, ExecutorError, RayExecutor
 
-__all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_jobs_run"]
+__all__ = ["RAY_ADDRESS_SETTING", "RETRY_AFTER_S", "job_executor", "show_where_jobs_run", "show_where_finetunes_run"]
+
+# What runs on the cluster when the server names one.
+CLUSTER_JOBS = "Sweeps (after fine-tuning too), sensitivity and suggestions"
+CLUSTER_FINETUNES = "Fine-tunes"
 
 RAY_ADDRESS_SETTING = "FPGM_RAY_ADDRESS"
 RETRY_AFTER_S = 30.0
@@ -47,13 +51,16 @@ class _Unavailable(Executor):
     def run(self, task, shared, points, **_):
         raise ExecutorError(self.reason)
 
+    def stream(self, task, shared, point, **_):
+        raise ExecutorError(self.reason)
+
 
 def _address() -> str | None:
     return os.environ.get(RAY_ADDRESS_SETTING, "").strip() or None
 
 
 def job_executor() -> Executor:
-    """The executor for the Evaluate page's long jobs: in this process unless the server names a cluster."""
+    """The executor for the long jobs (Evaluate's sweeps and sensitivity, fine-tunes): this process unless the server names a cluster."""
     address = _address()
     if address is None:
         return INLINE
@@ -73,18 +80,33 @@ def job_executor() -> Executor:
         return executor
 
 
-def show_where_jobs_run() -> None:
-    """A caption saying the long jobs run on the cluster (or why they cannot); nothing without a cluster."""
+def _cluster_place() -> tuple[str | None, str | None]:
+    """(where the cluster's jobs run, None) or (None, why they cannot); (None, None) without a cluster."""
     address = _address()
     if address is None:
-        return
+        return None, None
     executor = job_executor()
     if isinstance(executor, _Unavailable):
-        st.error(f"Sweeps and sensitivity cannot run: {executor.reason}. Retried in {RETRY_AFTER_S:.0f} s.")
-        return
+        return None, f"{executor.reason}. Retried in {RETRY_AFTER_S:.0f} s."
     try:
-        where = executor.describe()
+        return f"{executor.describe()} at {address}", None
     except ExecutorError as exc:
-        st.error(f"Sweeps and sensitivity cannot run: {exc}")
-        return
-    st.caption(f":material/hub: Sweeps, sensitivity and suggestions run {where} at {address}.")
+        return None, str(exc)
+
+
+def show_where_jobs_run() -> None:
+    """A caption saying the long jobs run on the cluster (or why they cannot); nothing without a cluster."""
+    where, problem = _cluster_place()
+    if problem is not None:
+        st.error(f"{CLUSTER_JOBS} cannot run: {problem}")
+    elif where is not None:
+        st.caption(f":material/hub: {CLUSTER_JOBS} run {where}.")
+
+
+def show_where_finetunes_run() -> None:
+    """On the Fine-tune page, with a cluster: the fine-tune runs there (or why it cannot); nothing without one."""
+    where, problem = _cluster_place()
+    if problem is not None:
+        st.error(f"{CLUSTER_FINETUNES} cannot run: {problem}")
+    elif where is not None:
+        st.caption(f":material/hub: {CLUSTER_FINETUNES} run {where}, on a worker's CPU; every epoch is shown as it ends.")

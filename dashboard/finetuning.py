@@ -27,18 +27,20 @@ from torch import Tensor
 from fpgm_core import SparsityPlan, model_fingerprint, recipe_json, serialize_tensors
 from fpgm_core.criteria import CRITERION_LABELS
 from fpgm_core.evaluation import image_transform, model_categories
+from fpgm_core.execution import INLINE
 from fpgm_core.slim import SlimResult, serialize_model
 from fpgm_core.training import (
     FineTuneResult,
     FineTuneSettings,
     TrainingData,
     demo_training_data,
-    fine_tune,
+    fine_tune_on,
     finetune_recipe,
     load_training_zip,
     slim_masked,
 )
 
+from .cluster import job_executor
 from .exports import weights_argument
 from . import jobs
 from .jobs import Job
@@ -178,9 +180,13 @@ def _percent(value: float | None) -> str:
 def training_work(
     active: ActiveModel, plan: SparsityPlan, data: TrainingData, settings: FineTuneSettings, scores: Mapping[str, Tensor] | None
 ) -> Callable[[Job], FineTuneResult]:
-    """The job's work: fine-tune a copy of the session's model, reporting each epoch to the job."""
+    """The job's work: fine-tune a copy of the session's model, reporting each epoch to the job.
+
+    It runs where the server's long jobs run (:func:`dashboard.cluster.job_executor`): in this
+    process, or on the server's Ray cluster (on a worker's CPU), its epochs streamed back as they end.
+    """
     settings = settings.validated()
-    model, device = active.model, active.device
+    model = active.model
 
     def work(job: Job) -> FineTuneResult:
         def progress(epoch: int, metrics: dict[str, Any]) -> None:
@@ -195,9 +201,14 @@ def training_work(
             _, text, _ = job.snapshot()
             job.report((epoch - 1 + step / total) / settings.epochs, text)
 
+        executor = job_executor()
+        # The cluster's workers train on their CPUs (the server's GPU is not theirs).
+        device = active.device if executor is INLINE else "cpu"
+        if executor is not INLINE:
+            job.report(0.0, f"Starting {executor.describe()}…")  # a worker's first start takes seconds
         # fine_tune trains copies: the cached model is never modified.
-        return fine_tune(model, plan, data, settings, scores=scores, device=device, progress=progress,
-                         batch_progress=steps, should_stop=job.should_stop)
+        return fine_tune_on(executor, model, plan, data, settings, scores=scores, device=device, progress=progress,
+                            batch_progress=steps, should_stop=job.should_stop)
 
     return work
 

@@ -12,6 +12,7 @@ from dashboard.cluster import job_executor, show_where_jobs_run
 from dashboard.state import active_model, current_plan, load_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
+from fpgm_core.execution import INLINE
 from fpgm_core.evaluation import (
     EvaluationCancelled,
     demo_data,
@@ -216,15 +217,22 @@ def _finetuned_sweep(active) -> None:
                f"Fine-tune page's defaults (AdamW, peak learning rate {settings.lr:g}, fixed masks). Every criterion prunes "
                "the same number of filters per layer; only which filters differs.")
     key = ("finetuned_sweep", active.key, data_key, tuple(chosen), tuple(levels), int(seeds), settings)
-    points = jobs.run("eval_ft_sweep", key, "Pruning and fine-tuning", lambda progress, stop: finetuned_sweep(
-        active.model, data, settings, sparsities=levels, criteria=chosen, seeds=range(int(seeds)), device=active.device,
-        progress=progress, should_stop=stop))
+    points = jobs.run("eval_ft_sweep", key, "Pruning and fine-tuning", lambda progress, stop: _run_finetuned_sweep(
+        active, data, settings, levels, chosen, int(seeds), progress, stop))
     if not points:
         st.caption("Run it to see what each criterion costs right after pruning and what training wins back.")
         return
     rows = finetuned_summary(points)
     st.plotly_chart(finetuning.sweep_figure(rows, CRITERION_COLORS), key="eval_ft_sweep_chart", config={"displaylogo": False})
     st.dataframe(finetuning.sweep_table(rows), width="stretch", hide_index=True)
+
+
+def _run_finetuned_sweep(active, data, settings, levels, chosen, seeds, progress, stop):
+    executor = job_executor()
+    # The cluster's workers train on their CPUs (the server's GPU is not theirs).
+    device = active.device if executor is INLINE else "cpu"
+    return finetuned_sweep(active.model, data, settings, sparsities=levels, criteria=chosen, seeds=range(seeds), device=device,
+                           progress=progress, should_stop=stop, executor=executor)
 
 
 def _sweep_figure(rows: pd.DataFrame, measure: str, baseline: float) -> go.Figure:

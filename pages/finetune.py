@@ -1,8 +1,11 @@
 """Fine-tune page: win back the accuracy pruning cost, training the pruned model with its pruned filters held at zero."""
 
+import os
+
 import streamlit as st
 
 from dashboard import cache, finetuning, jobs
+from dashboard.cluster import show_where_finetunes_run
 from dashboard.state import active_model, current_plan, plan_description, plan_error, plan_summary, require_entry
 from fpgm_core import FpgmError, PlanError
 from fpgm_core.training import DEFAULT_VAL_FRACTION, FineTuneSettings
@@ -51,6 +54,7 @@ def page() -> None:
     busy = running is not None and running.running
     st.button("Start fine-tuning", key="ft_start", type="primary", on_click=jobs.request, args=(finetuning.JOB,),
               disabled=data is None or busy, icon=":material/play_arrow:")
+    show_where_finetunes_run()
     if busy:
         jobs.watch(running, live=_live)
     _outcome(active, plan)
@@ -180,7 +184,9 @@ def _result(active, kept) -> None:
                     config={"displaylogo": False})
     with st.expander("Per epoch"):
         st.dataframe(finetuning.history_table(records), width="stretch")
-    st.caption(f"{result.settings.epochs} epochs on {kept.data_source} · {result.seconds:.1f} s on {result.device}"
+    ran_on = result.extra.get("ran_on") or {}
+    elsewhere = f" of {ran_on['host']} (a cluster worker)" if ran_on and ran_on.get("pid") != os.getpid() else ""
+    st.caption(f"{result.settings.epochs} epochs on {kept.data_source} · {result.seconds:.1f} s on {result.device}{elsewhere}"
                f"{f' ({result.amp} mixed precision)' if result.amp else ''} · {result.threads} torch threads. Kept for this "
                "session until the model or the plan changes.")
     links = st.columns(3)

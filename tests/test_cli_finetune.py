@@ -166,3 +166,10 @@ def test_finetune_sweep_prints_each_criterion_before_and_after_training(capsys):
     for row in rows.values():
         assert row["top1"] > row["pruned_top1"] + 0.3 and row["flops_removed"] > 0.4
     assert err.count("[") == 3  # a line as it starts, then one per point
+
+
+@pytest.mark.parametrize("spec, message", [("bogus", "unknown executor 'bogus'"), ("processes:0", "at least one process")])
+def test_finetune_sweep_refuses_a_bad_executor_before_any_work(spec, message, capsys):
+    code, stdout, err = run_cli(["finetune-sweep", "--arch", "demo", "--weights", "default", "--data", "demo",
+                                 "--epochs", "1", "--executor", spec], capsys)
+    assert code == 2 and stdout == "" and err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -222,3 +222,21 @@ def test_fpgm_core_never_imports_ray():
 def test_executor_errors_are_fpgm_errors():
     # The CLI prints FpgmErrors as one `error:` line and the dashboard shows them on the page.
     assert issubclass(ExecutorError, FpgmError)
+
+
+def _counts_to(shared, point, send):
+    stop = point_should_stop()
+    for i in range(point):
+        if stop is not None and stop():
+            raise EvaluationCancelled("stopped")
+        send((shared, i))
+    return point * 10
+
+
+def test_inline_streams_one_point_its_events_in_order_and_its_stop_reaches_the_task():
+    events = []
+    assert INLINE.stream(_counts_to, "e", 3, report=events.append) == 30
+    assert events == [("e", 0), ("e", 1), ("e", 2)] and INLINE.reports()[-1].points == 1
+    with pytest.raises(EvaluationCancelled):
+        INLINE.stream(_counts_to, "e", 5, report=events.append, should_stop=lambda: len(events) >= 5)
+    assert len(events) == 5

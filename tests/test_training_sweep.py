@@ -1,14 +1,21 @@
-"""fpgm_core.training.sweep: criteria × sparsities × seeds, each fine-tuned, through the executor interface."""
+"""fpgm_core.training.sweep: criteria × sparsities × seeds, each fine-tuned, through the executor interface.
+
+Same weights wherever a point runs (worker processes with another torch thread count than the
+caller; Ray in test_cluster.py), and whatever ran before it in the same process (dropout).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
+import torch
+from torch import nn
 
 import fpgm_core
 from fpgm_core.evaluation import EvaluationCancelled
-from fpgm_core.execution import INLINE
+from fpgm_core.execution import INLINE, ProcessExecutor
 from fpgm_core.training import (
     FineTuneSettings,
     SweepInputs,
@@ -69,3 +76,50 @@ def test_a_stop_between_points_cancels_the_sweep(demo, digits):
     with pytest.raises(EvaluationCancelled):
         finetuned_sweep(demo, digits, FineTuneSettings(epochs=1), sparsities=(0.3, 0.5), criteria=("fpgm-l2",), seeds=(0,),
                         should_stop=stop)
+
+
+def timeless(points):
+    """The points without their wall time (the one field that differs from run to run)."""
+    return [dataclasses.replace(point, seconds=0.0) for point in points]
+
+
+def test_points_on_worker_processes_with_other_thread_counts_give_the_in_process_weights(demo, digits):
+    # The workers start on 2 torch threads, this process runs on 1: CPU reductions split by thread
+    # count, so without matching the caller's count the weights differ in their last bits.
+    kwargs = dict(sparsities=(0.5,), criteria=("fpgm-l2", "random"), seeds=(0,))
+    here = finetuned_sweep(demo, digits, FineTuneSettings(epochs=1), **kwargs)
+    done = []
+    with ProcessExecutor(2, threads=2) as executor:
+        there = finetuned_sweep(demo, digits, FineTuneSettings(epochs=1), executor=executor,
+                                progress=lambda n, total, what: done.append(n), **kwargs)
+        report = executor.reports()[-1]
+    assert timeless(there) == timeless(here)  # every field: top-1, agreement, the weights' SHA-256, threads
+    assert {point.threads for point in there} == {1} and len({point.weights for point in there}) == 2
+    assert done == [0, 1, 2] and report.points == 2 and len(report.placements) == 2
+
+
+def _dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def test_a_point_of_a_model_with_dropout_does_not_depend_on_the_points_before_it(digits):
+    model, settings = _dropout_net(), FineTuneSettings(epochs=1)
+    both = finetuned_sweep(model, digits, settings, sparsities=(0.25, 0.5), criteria=("norm-l2",), seeds=(0,))
+    torch.manual_seed(123)  # whatever state the global generator is in
+    alone = finetuned_sweep(model, digits, settings, sparsities=(0.5,), criteria=("norm-l2",), seeds=(0,))
+    assert timeless(alone) == timeless(both[1:])
+
+
+def test_a_stop_in_process_ends_the_running_point_between_steps(demo, digits):
+    polls, finished = [], []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 3  # within the first point's first epoch (it has 22 steps)
+
+    with pytest.raises(EvaluationCancelled):
+        finetuned_sweep(demo, digits, FineTuneSettings(epochs=3), sparsities=(0.5,), criteria=("fpgm-l2",), seeds=(0,),
+                        progress=lambda n, total, what: finished.append(n), should_stop=stop)
+    assert finished == [0] and len(polls) == 4

@@ -11,12 +11,10 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from ..counting import estimate_pruned_costs
 from ..criteria import CRITERIA, CRITERION_LABELS, check_criterion, criterion_masks, criterion_metric
-from ..devices import resolve_device
 from ..distance import METRICS
 from ..errors import PlanError
 from ..evaluation import (
@@ -30,7 +28,6 @@ from ..evaluation import (
     model_categories,
     predict,
 )
-from ..execution import Executor, ExecutorError, RayExecutor, parse_executor
 from ..export import write_atomically
 from ..layers import prunable_layers
 from ..models import LoadedModel
@@ -38,6 +35,7 @@ from ..plan import SparsityPlan, plan_counts, plan_masks
 from ..recipe import check_recipe_fingerprint, make_recipe, plan_from_recipe, read_recipe, recipe_json
 from ..sensitivity import LAYER_SPARSITIES, SWEEP_SPARSITIES, layer_sensitivity, sparsity_sweep, suggest_plan, sweep_summary
 
+from .executors import add_executor_argument, execution_summary, open_executor, points_device, print_execution
 from .flags import (
     ARCH_HELP,
     add_device_argument,
@@ -78,7 +76,7 @@ def _load(args: argparse.Namespace) -> tuple[LoadedModel, EvalData]:
     if args.model:
         args.arch = "demo"
     arch = args.arch
-    device = resolve_device(args.device if args.device is not None or _inline(args) else "cpu")
+    device = points_device(args)
     loaded = load_model(args, weights=args.weights or ("default" if args.model else None))
     loaded = dataclasses.replace(loaded, model=loaded.model.to(device).eval())
     if args.data:
@@ -105,68 +103,6 @@ def _progress(args: argparse.Namespace):
         print(f"\r[{done}/{total}] {what:60.60}", end=end, file=sys.stderr, flush=True)
 
     return report
-
-
-def _inline(args: argparse.Namespace) -> bool:
-    return getattr(args, "executor", None) in (None, "inline")
-
-
-def _add_executor_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--executor", metavar="SPEC",
-        help="where the points run: inline (default: this process), processes:N (N local worker processes), "
-             "ray (the Ray cluster at RAY_ADDRESS, else a Ray started on this machine) or ray:ADDRESS; "
-             "--device defaults to cpu with processes and ray",
-    )
-
-
-def _open_executor(args: argparse.Namespace) -> Executor:
-    """The executor ``--executor`` names, connected: a cluster out of reach fails here, before any work."""
-    if not _inline(args) and args.device is not None and resolve_device(args.device).type != "cpu":
-        raise ExecutorError(f"--executor {args.executor} runs points on CPU workers: use --device cpu "
-                            "(points on GPUs across workers are not supported yet)")
-    executor = parse_executor(args.executor)
-    try:
-        where = executor.describe()  # connects to a cluster, or starts one
-    except BaseException:
-        executor.close()
-        raise
-    if not getattr(args, "quiet", False) and not _inline(args):
-        print(f"points run {where}", file=sys.stderr, flush=True)
-    return executor
-
-
-def _execution_summary(executor: Executor, since: float) -> dict:
-    """Where this command's points ran: counts per host and process, and their time."""
-    reports = [report for report in executor.reports() if report.finished >= since]
-    placements: Counter = Counter()
-    for report in reports:
-        placements.update(report.placements)
-    hosts: Counter = Counter()
-    for (host, _), count in placements.items():
-        hosts[host] += count
-    summary = {
-        "executor": executor.name,
-        "where": executor.describe(),
-        "workers": executor.workers,
-        "runs": len(reports),
-        "points": sum(report.points for report in reports),
-        "seconds": sum(report.seconds for report in reports),
-        "hosts": dict(hosts),
-        "processes": [{"host": host, "pid": pid, "points": n} for (host, pid), n in sorted(placements.items())],
-    }
-    if isinstance(executor, RayExecutor):
-        summary["address"] = executor.address
-        summary["nodes"] = executor.nodes
-    return summary
-
-
-def _print_execution(summary: dict) -> None:
-    hosts = ", ".join(f"{host} {count}" for host, count in summary["hosts"].items())
-    processes = len(summary["processes"])
-    print(f"{summary['points']} points ran {summary['where']} in {summary['seconds']:.1f} s: "
-          f"{processes} process{'es' if processes != 1 else ''} on {len(summary['hosts'])} host"
-          f"{'s' if len(summary['hosts']) != 1 else ''} ({hosts})")
 
 
 def _model_device(model) -> str:
@@ -235,14 +171,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def _cmd_sweep(args: argparse.Namespace) -> dict:
     since = time.monotonic()
-    with _open_executor(args) as executor:
+    with open_executor(args) as executor:
         loaded, data = _load(args)
         criteria = args.criteria or list(CRITERIA)
         points = sparsity_sweep(
             loaded.model, data, sparsities=args.sparsities, criteria=criteria, seeds=range(args.seeds),
             progress=_progress(args), device=_model_device(loaded.model), executor=executor,
         )
-        execution = _execution_summary(executor, since)
+        execution = execution_summary(executor, since)
     rows = sweep_summary(points)
     if not args.json:
         sparsities = sorted({row["sparsity"] for row in rows})
@@ -251,7 +187,7 @@ def _cmd_sweep(args: argparse.Namespace) -> dict:
         for criterion in dict.fromkeys(row["criterion"] for row in rows):
             by_sparsity = {row["sparsity"]: row["top1"] for row in rows if row["criterion"] == criterion}
             print(f"{CRITERION_LABELS[criterion]:18}" + "".join(f"{by_sparsity[s]:>7.1%}" for s in sparsities))
-        _print_execution(execution)
+        print_execution(execution)
     return {"model": _model_summary(loaded), "data": _data_summary(data), "summary": rows,
             "points": [point.to_dict() for point in points], "execution": execution}
 
@@ -263,7 +199,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> dict:
     if not 0 <= budget <= 1:
         raise PlanError(f"--budget-points {args.budget_points} must be between 0 and 100")
     since = time.monotonic()
-    with _open_executor(args) as executor:
+    with open_executor(args) as executor:
         loaded, data = _load(args)
         model = loaded.model
         device = _model_device(model)
@@ -273,7 +209,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> dict:
         suggestion = suggest_plan(model, data, sensitivity, budget, reference=reference,
                                   max_evaluations=args.max_evaluations, progress=_progress(args), device=device,
                                   executor=executor)
-        execution = _execution_summary(executor, since)
+        execution = execution_summary(executor, since)
     result = {"model": _model_summary(loaded), "data": _data_summary(data), "sensitivity": sensitivity.to_dict(),
               "suggestion": suggestion.to_dict(), "execution": execution}
     if args.save_recipe:
@@ -295,7 +231,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> dict:
         )
         if args.save_recipe:
             print(f"wrote {args.save_recipe} (replay with: python -m fpgm_core prune --recipe {args.save_recipe} …)")
-        _print_execution(execution)
+        print_execution(execution)
     return result
 
 
@@ -317,7 +253,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--seeds", type=int, default=5, help="random pruning runs (seeds 0…N-1, default 5)")
     sweep.add_argument("--sparsities", type=parse_sparsity_list, default=list(SWEEP_SPARSITIES), help="comma-separated (default 0,0.1,…,0.9)")
     sweep.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _add_executor_argument(sweep)
+    add_executor_argument(sweep)
     sweep.set_defaults(run=_cmd_sweep)
 
     sensitivity = commands.add_parser("sensitivity", help="per-layer sensitivity and a plan within an accuracy budget")
@@ -328,5 +264,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     sensitivity.add_argument("--max-evaluations", type=int, default=64, help="plans the suggestion may verify (default 64)")
     sensitivity.add_argument("--save-recipe", metavar="FILE.json", help="write the suggested plan as a recipe for `prune --recipe`")
     sensitivity.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _add_executor_argument(sensitivity)
+    add_executor_argument(sensitivity)
     sensitivity.set_defaults(run=_cmd_sensitivity)

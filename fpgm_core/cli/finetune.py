@@ -8,7 +8,9 @@ left out take the recipe's values. ``slim --masks`` (or ``slim --recipe`` of a f
 result to exactly its zeroed channels.
 
 ``finetune-sweep`` is the teaching sweep after training: criteria × sparsities × seeds, each
-pruned and fine-tuned the same way, beside the same point right after pruning.
+pruned and fine-tuned the same way, beside the same point right after pruning. Its points run
+where ``--executor`` says (this process, local worker processes, a Ray cluster), on this
+process's torch threads (``--threads``) wherever they run, so they give the same weights.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from ..training import (
     load_training_zip,
     recipe_settings,
 )
+from .executors import add_executor_argument, execution_summary, open_executor, points_device, print_execution
 from .flags import (
     add_device_argument,
     add_model_arguments,
@@ -199,22 +203,24 @@ def _cmd_finetune(args: argparse.Namespace) -> dict:
 
 
 def _cmd_finetune_sweep(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    loaded = load_model(args)
-    require_torch_graph(loaded, "fine-tuning")
-    data = _training_data(args, loaded)
     if args.seeds < 1:
         raise PlanError("--seeds must be at least 1")
     settings = _settings(args, None, None)
     _set_threads(args, None)
+    since = time.monotonic()
+    with open_executor(args) as executor:
+        device = points_device(args)
+        loaded = load_model(args)
+        require_torch_graph(loaded, "fine-tuning")
+        data = _training_data(args, loaded)
 
-    def report(done: int, total: int, what: str) -> None:
-        if not args.quiet:
-            print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
+        def report(done: int, total: int, what: str) -> None:
+            if not args.quiet:
+                print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
 
-    torch.manual_seed(settings.seed)
-    points = finetuned_sweep(loaded.model, data, settings, sparsities=args.sparsities, criteria=args.criteria,
-                             seeds=range(args.seeds), device=str(device), progress=report)
+        points = finetuned_sweep(loaded.model, data, settings, sparsities=args.sparsities, criteria=args.criteria,
+                                 seeds=range(args.seeds), device=str(device), executor=executor, progress=report)
+        execution = execution_summary(executor, since)
     rows = finetuned_summary(points)
     if not args.json:
         print(f"{'criterion':<18} {'sparsity':>8} {'pruned':>8} {'fine-tuned':>16} {'drop':>7} {'FLOPs cut':>9}")
@@ -222,8 +228,10 @@ def _cmd_finetune_sweep(args: argparse.Namespace) -> dict:
             spread = f" ± {row['top1_std']:.1%}" if row["runs"] > 1 and row["top1_std"] is not None else ""
             print(f"{CRITERION_LABELS[row['criterion']]:<18} {row['sparsity']:>8.0%} {_percent(row['pruned_top1']):>8} "
                   f"{_percent(row['top1']) + spread:>16} {_percent(row['drop']):>7} {row['flops_removed']:>9.1%}")
+        print_execution(execution)
     return {"arch": loaded.arch, "weights": loaded.weights, "settings": settings.to_dict(), "data": data.record,
-            "device": str(device), "points": [point.to_dict() for point in points], "summary": rows}
+            "device": str(device), "threads": torch.get_num_threads(), "points": [point.to_dict() for point in points],
+            "summary": rows, "execution": execution}
 
 
 def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,4 +297,5 @@ def register(commands: argparse._SubParsersAction) -> None:
                        default=list(SWEEP_CRITERIA), help=f"comma-separated criteria (default {','.join(SWEEP_CRITERIA)})")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per point (default 3)")
     _add_setting_arguments(sweep)
+    add_executor_argument(sweep)
     sweep.set_defaults(run=_cmd_finetune_sweep)

@@ -2,7 +2,8 @@
 worker processes, or on a Ray cluster, through one small interface.
 
 * :mod:`.base` — :class:`Executor` (``run(task, shared, points, …)`` → results in the points'
-  order), :class:`InlineExecutor` and ``INLINE`` (the default: this process, one point at a time).
+  order; ``stream(task, shared, point, report=…)`` for one long point that reports as it goes),
+  :class:`InlineExecutor` and ``INLINE`` (the default: this process, one point at a time).
 * :mod:`.processes` — :class:`ProcessExecutor` (``processes:N``).
 * :mod:`.ray_cluster` — :class:`RayExecutor` (``ray``, ``ray:ADDRESS``); Ray is imported only
   when one is used.
@@ -17,6 +18,7 @@ from .base import (
     Placement,
     Progress,
     RunReport,
+    StreamTask,
     Task,
     point_should_stop,
 )
@@ -26,6 +28,7 @@ from .spec import EXECUTOR_SPECS, parse_executor
 
 __all__ = [
     "Task",
+    "StreamTask",
     "Progress",
     "Placement",
     "RunReport",

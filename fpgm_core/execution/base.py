@@ -11,6 +11,10 @@ other executors (local worker processes, a Ray cluster) send them to other proce
 point computed anywhere must equal the one computed in-process. ``shared`` must not change
 while an executor may still hold it: executors that send it away keep the copy they sent for as
 long as the same object is passed again (one transfer for many runs over the same model).
+
+:meth:`Executor.stream` runs *one* long point whose task reports as it goes (a fine-tune's
+epochs): ``task(shared, point, send)``, each ``send(event)`` reaching the caller's ``report``
+while the point runs; a stop cancels it.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from ..errors import FpgmError
 from ..evaluation import EvaluationCancelled
 
-__all__ = ["ExecutorError", "Task", "Progress", "Placement", "RunReport", "Executor", "InlineExecutor", "INLINE", "point_should_stop"]
+__all__ = ["ExecutorError", "Task", "StreamTask", "Progress", "Placement", "RunReport", "Executor", "InlineExecutor", "INLINE",
+           "point_should_stop"]
 
 SharedT = TypeVar("SharedT")
 PointT = TypeVar("PointT")
 ResultT = TypeVar("ResultT")
 Task = Callable[[SharedT, PointT], ResultT]
+# task(shared, point, send): send(event) reports while the point runs
+StreamTask = Callable[[SharedT, PointT, Callable[[Any], None]], ResultT]
 # (points done, points in all, what finished last)
 Progress = Callable[[int, int, str], None]
 # (host name, process id) of the process that computed a point
@@ -54,6 +61,10 @@ def point_should_stop() -> Callable[[], bool] | None:
     outstanding points, so tasks there need not.
     """
     return _POINT_STOP.get()
+
+
+def _ignore(event: Any) -> None:
+    """A ``send`` whose events nobody reads."""
 
 
 def this_process() -> Placement:
@@ -127,6 +138,36 @@ class Executor(ABC, Generic[SharedT, PointT, ResultT]):
         cancelled and :class:`~fpgm_core.evaluation.EvaluationCancelled` is raised (no partial result).
         Any exception (a task's, or one raised by ``progress``) also cancels the outstanding points.
         """
+
+    def stream(
+        self,
+        task: StreamTask,
+        shared: SharedT,
+        point: PointT,
+        *,
+        label: Callable[[PointT], str] = str,
+        report: Callable[[Any], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> ResultT:
+        """One point whose task reports as it goes: ``task(shared, point, send)``; returns its result.
+
+        Every ``send(event)`` of the task is passed to ``report(event)`` in the caller's thread, in
+        order, while the point runs. ``should_stop()`` is polled; when it returns True the point is
+        cancelled and :class:`~fpgm_core.evaluation.EvaluationCancelled` raised. This default runs it
+        in this process and thread (``point_should_stop()`` gives the task ``should_stop``); the
+        inline and local-process executors use it (one point gains nothing from a worker process),
+        Ray runs it on a worker as a generator task.
+        """
+        started = time.perf_counter()
+        token = _POINT_STOP.set(should_stop)
+        try:
+            if should_stop is not None and should_stop():
+                raise EvaluationCancelled("stopped")
+            result = task(shared, point, report if report is not None else _ignore)
+        finally:
+            _POINT_STOP.reset(token)
+        self._record(1, started, {this_process(): 1})
+        return result
 
     def reports(self) -> list[RunReport]:
         """The recent runs' reports, oldest first."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
@@ -41,7 +42,7 @@ from typing import Any, Iterator
 
 from ..errors import FpgmError
 from ..evaluation import EvaluationCancelled
-from .base import Executor, ExecutorError, this_process
+from .base import _POINT_STOP, Executor, ExecutorError, this_process
 
 __all__ = ["RayExecutor", "token_source"]
 
@@ -83,6 +84,11 @@ def _run_point(task, holder, point):
     The ref comes inside a list so that Ray does not fetch it for every task: the worker keeps
     the value of the last ref it fetched.
     """
+    return task(_fetch_shared(holder), point), this_process()
+
+
+def _fetch_shared(holder):
+    """On a worker: the value of the shared ref ``holder[0]``, fetched once per ref."""
     global _worker_shared
     ref = holder[0]
     key = ref.hex()
@@ -91,7 +97,52 @@ def _run_point(task, holder, point):
 
         _worker_shared = None  # let the previous value go before the next arrives
         _worker_shared = (key, ray.get(ref))
-    return task(_worker_shared[1], point), this_process()
+    return _worker_shared[1]
+
+
+_END = object()
+
+
+def _stream_point(task, holder, point):
+    """A Ray generator task: ``("event", e)`` for every ``send(e)`` of ``task(shared, point, send)``,
+    then ``("result", result, where)``.
+
+    The task runs in a thread of its own, so that this generator can yield its events as they come.
+    When the generator ends early (a cancel raises KeyboardInterrupt here) the task is asked to stop
+    (``point_should_stop()``) and waited for, so nothing runs on after the task has ended.
+    """
+    shared = _fetch_shared(holder)
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def body() -> None:
+        _POINT_STOP.set(stop.is_set)  # this thread's own context
+        try:
+            outcome["result"] = task(shared, point, events.put)
+        except BaseException as exc:  # raised below, in the task's place
+            outcome["error"] = exc
+        finally:
+            events.put(_END)
+
+    thread = threading.Thread(target=body, name="fpgm-stream-point", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                event = events.get(timeout=_POLL_S)  # a timeout keeps the wait interruptible by a cancel
+            except queue.Empty:
+                continue
+            if event is _END:
+                break
+            yield "event", event
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield "result", outcome["result"], this_process()
+    finally:
+        stop.set()
+        thread.join()
 
 
 def token_source() -> str | None:
@@ -224,6 +275,7 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._connected = False
         self._remote = None
+        self._streaming = None
         self._shared: tuple[Any, Any] | None = None
 
     # --- connection -------------------------------------------------------------------------
@@ -265,6 +317,10 @@ class RayExecutor(Executor):
                 _connection["users"] += 1
             self._remote = ray.remote(_run_point).options(
                 num_cpus=self._cpus, num_gpus=self._gpus, max_retries=self._retries, retry_exceptions=False,
+            )
+            # No retries for streams: a retried stream would report its events twice.
+            self._streaming = ray.remote(_stream_point).options(
+                num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0, num_returns="streaming",
             )
             self._connected = True
 
@@ -382,6 +438,54 @@ class RayExecutor(Executor):
                 self._cancel(ray, pending)
         self._record(len(points), started, placements)
         return results
+
+    def stream(self, task, shared, point, *, label=str, report=None, should_stop=None):
+        """One point as a Ray generator task; its events reach ``report`` as the worker sends them.
+
+        A worker that dies ends the point with an ExecutorError (no retry: its events would repeat).
+        """
+        started = time.perf_counter()
+        self.connect()
+        import ray
+
+        generator = self._streaming.remote(task, [self._share(ray, shared)], point)
+        finished = False
+        try:
+            while True:
+                if should_stop is not None and should_stop():
+                    raise EvaluationCancelled("stopped")
+                ready, _ = ray.wait([generator], timeout=_POLL_S)
+                if not ready:
+                    continue
+                try:
+                    ref = next(generator)
+                except StopIteration:
+                    # The generator ended without its result: its task failed; its error says why.
+                    self._result(ray, generator.completed(), label(point))
+                    raise ExecutorError(f"{label(point)} ended on the cluster without a result") from None
+                kind, *values = self._result(ray, ref, label(point))
+                if kind == "event":
+                    if report is not None:
+                        report(values[0])
+                    continue
+                result, where = values
+                finished = True
+                break
+        finally:
+            if not finished:
+                self._cancel_stream(ray, generator)
+        self._record(1, started, {where: 1})
+        return result
+
+    @staticmethod
+    def _cancel_stream(ray, generator) -> None:
+        """Cancel a generator task and wait until it has ended (killing its worker if it does not stop)."""
+        ray.cancel(generator)
+        done = generator.completed()
+        ready, _ = ray.wait([done], timeout=_CANCEL_WAIT_S, fetch_local=False)
+        if not ready:
+            ray.cancel(generator, force=True)
+            ray.wait([done], timeout=_CANCEL_WAIT_S, fetch_local=False)
 
     def _result(self, ray, ref, what: str):
         try:

@@ -16,6 +16,7 @@ from .data import DEFAULT_VAL_FRACTION, MAX_TRAINING_IMAGES, TrainingData, demo_
 from .distillation import distillation_loss, training_loss
 from .keeping import MaskKeeper, parameter_masks
 from .loop import EpochRecord, FineTuneResult, FineTuneStopped, fine_tune
+from .remote import FineTuneInputs, fine_tune_on, fine_tune_task
 from .recipe import FineTuneReplayWarning, check_replay, finetune_recipe, recipe_settings
 from .schedules import MaskSchedule
 from .selection import resolve_counts, select_masks
@@ -47,6 +48,9 @@ __all__ = [
     "FineTuneResult",
     "FineTuneStopped",
     "fine_tune",
+    "FineTuneInputs",
+    "fine_tune_task",
+    "fine_tune_on",
     "FineTuneReplayWarning",
     "finetune_recipe",
     "recipe_settings",

@@ -4,11 +4,24 @@ The teaching sweep after fine-tuning: FPGM (L1, L2), norm and random pruning at 
 point fine-tuned with the same settings, over several seeds (the seed sets the batch order and, for
 random pruning, the draw), beside the same point right after pruning. The points are independent,
 so they run through an :class:`fpgm_core.execution.Executor` with a module-level task
-(:func:`finetune_point`) and a picklable shared value (:class:`SweepInputs`).
+(:func:`finetune_point`) and a picklable shared value (:class:`SweepInputs`: the model's weights,
+the training and held-out images and the settings, sent once per sweep).
+
+Same answers wherever a point runs: on CPU a fine-tune is bit-reproducible for a given number of
+torch threads, so the sweep records the thread count of the process that starts it and every
+point on a worker process or a Ray worker runs on that count (Ray gives its workers one thread
+per reserved CPU, local workers a share of the cores); a point in the calling process never
+changes the process-wide setting. Dropout and other stochastic layers draw from torch's global
+generator, which each point seeds with its own seed (and restores afterwards), so a point does
+not depend on which points ran before it in the same process. Each point reports the SHA-256 of
+its fine-tuned weights, so equal weights can be checked without shipping them back.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import socket
 import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
@@ -19,9 +32,10 @@ from torch import nn
 from ..counting import estimate_pruned_costs
 from ..criteria import CRITERIA, check_criterion
 from ..errors import PlanError
-from ..execution import INLINE, Executor, Progress
+from ..execution import INLINE, Executor, Progress, point_should_stop
 from ..masks import check_sparsity
 from ..plan import SparsityPlan
+from ..recipe import model_fingerprint
 from .data import TrainingData
 from .loop import fine_tune
 from .settings import FineTuneSettings
@@ -43,12 +57,15 @@ SWEEP_SPARSITIES: tuple[float, ...] = (0.3, 0.5, 0.7)
 
 @dataclass(frozen=True)
 class SweepInputs:
-    """What every point reads: the unpruned model, the data, the shared settings and the device."""
+    """What every point reads: the unpruned model, the data, the shared settings, the device, and
+    the torch threads of ``caller`` (the host and pid that started the sweep) that points elsewhere match."""
 
     model: nn.Module
     data: TrainingData
     settings: FineTuneSettings
     device: str
+    threads: int = 1
+    caller: tuple[str, int] = ("", -1)
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,10 @@ class FineTunedPoint:
     flops_removed: float
     params_removed: float
     seconds: float
+    #: torch threads the fine-tune ran on (CPU results are bit-reproducible for a given count).
+    threads: int = 0
+    #: ``model_fingerprint`` of the fine-tuned weights: equal prints, equal weights.
+    weights: str = ""
 
     @property
     def drop(self) -> float | None:
@@ -91,11 +112,24 @@ class FineTunedPoint:
         return {**asdict(self), "drop": self.drop}
 
 
+def _global_generators(device: str) -> list[int]:
+    """The CUDA devices whose generator a point on ``device`` draws dropout from (none on CPU)."""
+    target = torch.device(device)
+    return [target.index if target.index is not None else torch.cuda.current_device()] if target.type == "cuda" else []
+
+
 def finetune_point(shared: SweepInputs, point: SweepPoint) -> FineTunedPoint:
     """Prune ``shared.model`` uniformly at ``point.sparsity`` by ``point.criterion`` and fine-tune it (the task)."""
+    if (socket.gethostname(), os.getpid()) != shared.caller and torch.get_num_threads() != shared.threads:
+        # A worker process runs one point at a time and is ours: the caller's thread count
+        # gives the caller's weights bit for bit.
+        torch.set_num_threads(shared.threads)
     settings = replace(shared.settings, criterion=point.criterion, seed=point.seed)
     plan = SparsityPlan(sparsity=point.sparsity)
-    result = fine_tune(shared.model, plan, shared.data, settings, device=shared.device)
+    with torch.random.fork_rng(devices=_global_generators(shared.device)):
+        torch.manual_seed(point.seed)
+        # Inline, a stop also ends the running point between steps; elsewhere the executor cancels it.
+        result = fine_tune(shared.model, plan, shared.data, settings, device=shared.device, should_stop=point_should_stop())
     costs = estimate_pruned_costs(shared.model, result.masks, shared.data.input_shape)
     baseline = result.baseline.top1
     return FineTunedPoint(
@@ -111,6 +145,8 @@ def finetune_point(shared: SweepInputs, point: SweepPoint) -> FineTunedPoint:
         flops_removed=costs.flops_removed,
         params_removed=costs.params_removed,
         seconds=result.seconds,
+        threads=result.threads,
+        weights=model_fingerprint(result.model),
     )
 
 
@@ -129,8 +165,12 @@ def finetuned_sweep(
 ) -> list[FineTunedPoint]:
     """Every criterion at every sparsity and seed, fine-tuned with ``settings``; in criterion-major order.
 
-    ``settings.criterion`` and ``settings.seed`` are replaced by each point's. ``should_stop`` is
-    polled between points (EvaluationCancelled); ``progress(done, total, label)`` after each.
+    ``settings.criterion`` and ``settings.seed`` are replaced by each point's. Each
+    (criterion, sparsity, seed) is one point of ``executor``: the model and data go to its workers
+    once, the results come back in the points' order, ``progress(done, total, label)`` after each
+    finished point. ``should_stop`` is polled between points (and, in this process, between
+    training steps); a stop cancels the outstanding points and raises EvaluationCancelled.
+    Points run elsewhere use this process's torch threads, for the same weights as here.
     """
     criteria = [check_criterion(c) for c in criteria]
     sparsities = [check_sparsity(s) for s in sparsities]
@@ -138,7 +178,10 @@ def finetuned_sweep(
         raise PlanError("the fine-tuned sweep needs at least one seed")
     settings = settings.validated()
     points = [SweepPoint(c, s, int(seed)) for c in criteria for s in sparsities for seed in seeds]
-    shared = SweepInputs(model, data, settings, str(device))
+    if torch.device(device).type == "cpu" and any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()  # workers elsewhere may have no GPU; CPU points train on CPU anyway
+    shared = SweepInputs(model, data, settings, str(device), torch.get_num_threads(),
+                         (socket.gethostname(), os.getpid()))
     if progress is not None and points:
         progress(0, len(points), f"starting with {points[0].label()}")  # a point takes seconds: say so at once
     return executor.run(finetune_point, shared, points, label=SweepPoint.label, progress=progress, should_stop=should_stop)
