@@ -195,7 +195,11 @@ def test_the_cli_sweep_on_worker_processes_equals_in_process_and_says_where(caps
     assert inline["execution"]["where"] == "in this process" and inline["execution"]["points"] == 9
     execution = pooled["execution"]
     assert execution["where"] == "in 2 local worker processes" and execution["points"] == 9
-    assert len(execution["processes"]) == 2 and os.getpid() not in {p["pid"] for p in execution["processes"]}
+    # Which worker takes how many points is the scheduler's: under load one worker can be ready
+    # long before the other and take all nine. Every point ran in a worker, none in this process.
+    processes = execution["processes"]
+    assert 1 <= len(processes) <= 2 and sum(p["points"] for p in processes) == 9
+    assert os.getpid() not in {p["pid"] for p in processes}
     assert "points run in 2 local worker processes" in err and "[9/9]" in err
 
 
