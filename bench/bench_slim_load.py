@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -117,7 +118,8 @@ async def _slimmer(browser, url: str, started: asyncio.Event, run: Run) -> None:
         await page.goto(url)
         await _idle(page)
         await _go(page, "Model")
-        await page.get_by_text("torchvision architecture", exact=True).click()
+        # The source's label: "torchvision architecture" in older trees, "torchvision" since timm joined it.
+        await page.get_by_text(re.compile(r"^torchvision( architecture)?$")).click()
         await _idle(page)
         box = page.locator('[data-testid="stSelectbox"]', has_text="Architecture")
         await box.click()
