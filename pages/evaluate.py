@@ -14,7 +14,6 @@ from fpgm_core import METRICS, FpgmError, PlanError
 from fpgm_core.criteria import CRITERIA, CRITERION_LABELS
 from fpgm_core.execution import INLINE
 from fpgm_core.evaluation import (
-    EvaluationCancelled,
     demo_data,
     evaluate_masks,
     evaluate_model,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..counting import estimate_pruned_costs
-from ..criteria import CRITERIA, check_criterion
+from ..criteria import check_criterion
 from ..errors import PlanError
 from ..execution import INLINE, Executor, Progress, point_should_stop
 from ..masks import check_sparsity
